@@ -1,0 +1,1 @@
+//! Kernel side of calico-mesos. Filled in by the endpoint reconciler work.

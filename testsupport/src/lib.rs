@@ -1,0 +1,1 @@
+//! Test-only helpers for calico-mesos: namespaces, containers, pings, all with cleanup guards.
