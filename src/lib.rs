@@ -1,0 +1,8 @@
+//! calico-mesos: IP-per-container networking for Apache Mesos agents.
+//!
+//! This crate is the intent side: the net-modules plugin, the desired-state
+//! store, IPAM and configuration. Nothing here calls into the kernel; the
+//! `reconcilers` crate does that.
+
+pub mod ipam;
+pub mod store;

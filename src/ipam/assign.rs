@@ -1,0 +1,252 @@
+//! Allocate, reserve and release addresses.
+//!
+//! Order of preference when allocating, as in Calico: free addresses in
+//! blocks this node already claimed; then a newly claimed block; then, only
+//! when no pool of the family has an unclaimed block left, a free address in
+//! another node's block (borrowing). All or nothing: when the request cannot
+//! be met in full, nothing is written.
+
+use super::draft::Draft;
+use super::pools::{commit, list_pools};
+use super::{family_name, with_retries, IpPool, IpamError};
+use crate::store::{keys, Store, Versioned};
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+/// What one allocation asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Request<'a> {
+    /// The node whose blocks are used first.
+    pub node: &'a str,
+    /// The handle every address is held under.
+    pub uid: &'a str,
+    /// How many IPv4 addresses to pick.
+    pub num_ipv4: u32,
+    /// How many IPv6 addresses to pick.
+    pub num_ipv6: u32,
+    /// Exact addresses to reserve as well (they come after the picked ones).
+    pub reserve: &'a [IpAddr],
+}
+
+/// The addresses assigned by one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assigned {
+    /// IPv4 addresses: picked first, then reserved.
+    pub ipv4: Vec<IpAddr>,
+    /// IPv6 addresses: picked first, then reserved.
+    pub ipv6: Vec<IpAddr>,
+}
+
+/// Allocate (and reserve) addresses under `request.uid`, all or nothing.
+pub fn allocate(store: &dyn Store, request: &Request<'_>) -> Result<Assigned, IpamError> {
+    with_retries(|| {
+        let pools = list_pools(store)?;
+        let mut draft = Draft::new(store);
+        let reserved = reserve_in(&mut draft, &pools, request)?;
+        let mut assigned = Assigned {
+            ipv4: pick(&mut draft, store, &pools, request, true, request.num_ipv4)?,
+            ipv6: pick(&mut draft, store, &pools, request, false, request.num_ipv6)?,
+        };
+        for addr in reserved {
+            match addr {
+                IpAddr::V4(_) => assigned.ipv4.push(addr),
+                IpAddr::V6(_) => assigned.ipv6.push(addr),
+            }
+        }
+        commit(store, &draft.into_txn())?;
+        Ok(assigned)
+    })
+}
+
+/// Reserve exactly `request.reserve` under `request.uid`, all or nothing.
+pub fn reserve(store: &dyn Store, request: &Request<'_>) -> Result<Assigned, IpamError> {
+    allocate(
+        store,
+        &Request {
+            num_ipv4: 0,
+            num_ipv6: 0,
+            ..request.clone()
+        },
+    )
+}
+
+/// Release these addresses, whoever holds them. Addresses that are not
+/// allocated (or in no pool) are skipped. Returns those released.
+pub fn release_addresses(store: &dyn Store, addrs: &[IpAddr]) -> Result<Vec<IpAddr>, IpamError> {
+    with_retries(|| {
+        let pools = list_pools(store)?;
+        let mut draft = Draft::new(store);
+        let mut released = Vec::new();
+        for &addr in addrs {
+            let Some(pool) = pool_of(&pools, addr) else {
+                continue;
+            };
+            if draft.free(&keys::block(&pool.block_of(addr)), addr)? {
+                released.push(addr);
+            }
+        }
+        commit(store, &draft.into_txn())?;
+        Ok(released)
+    })
+}
+
+/// Release every address held under `uid`. Returns those released.
+pub fn release_handle(store: &dyn Store, uid: &str) -> Result<Vec<IpAddr>, IpamError> {
+    with_retries(|| {
+        let pools = list_pools(store)?;
+        let mut draft = Draft::new(store);
+        let held: Vec<IpAddr> = draft.handle(uid)?.addresses.iter().copied().collect();
+        let mut released = Vec::new();
+        for addr in held {
+            let Some(pool) = pool_of(&pools, addr) else {
+                continue;
+            };
+            let key = keys::block(&pool.block_of(addr));
+            // Only free what this uid really holds.
+            if draft.block(&key)?.and_then(|b| b.holder(addr)) == Some(uid) && draft.free(&key, addr)? {
+                released.push(addr);
+            }
+        }
+        draft.handle(uid)?.addresses.clear();
+        commit(store, &draft.into_txn())?;
+        Ok(released)
+    })
+}
+
+fn pool_of(pools: &[Versioned<IpPool>], addr: IpAddr) -> Option<&IpPool> {
+    pools
+        .iter()
+        .map(|p| &p.value)
+        .find(|p| p.cidr.contains(&addr))
+}
+
+/// Put the exact addresses under the uid; returns them, de-duplicated.
+fn reserve_in(
+    draft: &mut Draft<'_>,
+    pools: &[Versioned<IpPool>],
+    request: &Request<'_>,
+) -> Result<Vec<IpAddr>, IpamError> {
+    let mut done = Vec::new();
+    for &addr in request.reserve {
+        if done.contains(&addr) {
+            continue;
+        }
+        let versioned = pools
+            .iter()
+            .find(|p| p.value.cidr.contains(&addr))
+            .ok_or(IpamError::NoPool(addr))?;
+        let pool = &versioned.value;
+        let cidr = pool.block_of(addr);
+        let mut key = keys::block(&cidr);
+        if draft.block(&key)?.is_none() {
+            draft.guard(keys::pool(&pool.cidr), versioned.mod_revision);
+            key = draft.claim_block(pool, cidr, request.node);
+        }
+        match draft.block(&key)?.and_then(|b| b.holder(addr)) {
+            Some(holder) if holder == request.uid => {}
+            Some(_) => return Err(IpamError::InUse(addr)),
+            None => draft.record(&key, addr, request.uid)?,
+        }
+        done.push(addr);
+    }
+    Ok(done)
+}
+
+/// Pick `count` free addresses of one family, in order of preference.
+fn pick(
+    draft: &mut Draft<'_>,
+    store: &dyn Store,
+    pools: &[Versioned<IpPool>],
+    request: &Request<'_>,
+    v4: bool,
+    count: u32,
+) -> Result<Vec<IpAddr>, IpamError> {
+    let mut got = Vec::new();
+    if count == 0 {
+        return Ok(got);
+    }
+    let usable: Vec<&Versioned<IpPool>> = pools
+        .iter()
+        .filter(|p| p.value.is_v4() == v4 && !p.value.disabled)
+        .collect();
+    let is_usable = |pool: &ipnet::IpNet| usable.iter().any(|p| p.value.cidr == *pool);
+    let want = count as usize;
+
+    // 1. Blocks this node already claimed that have room.
+    let own = keys::free_blocks_of(request.node, v4);
+    let mut listed = store.list(&own, Some(want))?;
+    if listed.len() == want {
+        listed = store.list(&own, None)?;
+    }
+    for index in listed {
+        fill(draft, &block_key_of_index(&index.key), &is_usable, request.uid, want, &mut got)?;
+        if got.len() == want {
+            return Ok(got);
+        }
+    }
+
+    // 2. Claim new blocks.
+    let claimed: HashSet<String> = store.list_keys(keys::BLOCKS)?.into_iter().collect();
+    for versioned in &usable {
+        for cidr in versioned.value.blocks() {
+            let key = keys::block(&cidr);
+            if claimed.contains(&key) || draft.block(&key)?.is_some() {
+                continue;
+            }
+            draft.guard(keys::pool(&versioned.value.cidr), versioned.mod_revision);
+            let key = draft.claim_block(&versioned.value, cidr, request.node);
+            fill(draft, &key, &is_usable, request.uid, want, &mut got)?;
+            if got.len() == want {
+                return Ok(got);
+            }
+        }
+    }
+
+    // 3. Borrow from other nodes' blocks.
+    let family = format!("/{}/", keys::family(v4));
+    for index in store.list(keys::FREE_BLOCKS, None)? {
+        if index.key.starts_with(&own) || !index.key.contains(&family) {
+            continue;
+        }
+        fill(draft, &block_key_of_index(&index.key), &is_usable, request.uid, want, &mut got)?;
+        if got.len() == want {
+            return Ok(got);
+        }
+    }
+    Err(IpamError::Exhausted {
+        family: family_name(v4),
+        asked: count,
+        available: got.len() as u32,
+    })
+}
+
+/// `blockfree/<node>/<fam>/<cidr>` → `block/<cidr>`.
+fn block_key_of_index(index_key: &str) -> String {
+    let cidr = index_key.rsplit('/').next().unwrap_or_default();
+    format!("{}{cidr}", keys::BLOCKS)
+}
+
+/// Take free addresses from one block until `want` are picked.
+fn fill(
+    draft: &mut Draft<'_>,
+    key: &str,
+    is_usable: &dyn Fn(&ipnet::IpNet) -> bool,
+    uid: &str,
+    want: usize,
+    got: &mut Vec<IpAddr>,
+) -> Result<(), IpamError> {
+    while got.len() < want {
+        let Some(block) = draft.block(key)? else {
+            return Ok(());
+        };
+        if !is_usable(&block.pool) {
+            return Ok(());
+        }
+        let Some(addr) = block.allocate_next(uid) else {
+            return Ok(());
+        };
+        draft.record(key, addr, uid)?;
+        got.push(addr);
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! IP address management, after Calico's: pools are cut into blocks, a node
+//! claims whole blocks (affinity) and fills its own before claiming another,
+//! and borrows from other nodes' blocks only when no block is left to claim.
+//! Every address is held under a handle (the net-modules `uid`).
+//!
+//! Every change reads what it needs, edits it in a [`draft::Draft`], and
+//! commits one transaction guarded by the revisions it read, so two writers
+//! (processes, or nodes on etcd) can never hand out the same address. This
+//! module owns pools, blocks and handles; it knows nothing of Mesos.
+
+mod assign;
+mod block;
+mod draft;
+mod pool;
+mod pools;
+mod report;
+
+pub use assign::{allocate, release_addresses, release_handle, reserve, Assigned, Request};
+pub use block::Block;
+pub use pool::{IpPool, DEFAULT_V4_BLOCK_SIZE, DEFAULT_V6_BLOCK_SIZE};
+pub use pools::{add_pool, ensure_default_pools, list_pools, remove_pool, DEFAULT_POOLS};
+pub use report::{usage, BlockUsage, PoolUsage, Usage};
+
+use crate::store::StoreError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// The addresses held under one uid, stored at `handle/<uid>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handle {
+    /// The uid net-modules chose for the allocation.
+    pub uid: String,
+    /// Every address held under it.
+    pub addresses: BTreeSet<IpAddr>,
+}
+
+impl Handle {
+    /// An empty handle.
+    pub fn new(uid: &str) -> Self {
+        Handle {
+            uid: uid.to_string(),
+            addresses: BTreeSet::new(),
+        }
+    }
+}
+
+/// The name of an address family, as operators read it.
+pub fn family_name(v4: bool) -> &'static str {
+    if v4 {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// Errors of IPAM.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The address is held by another uid.
+    #[error("IP '{0}' already in use.")]
+    InUse(IpAddr),
+    /// The address is in no configured pool.
+    #[error("IP '{0}' is not in any configured IP pool.")]
+    NoPool(IpAddr),
+    /// The pools of a family cannot supply what was asked.
+    #[error("Not enough free {family} addresses: asked for {asked}, only {available} available in the {family} pools.")]
+    Exhausted {
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+        /// How many were asked for.
+        asked: u32,
+        /// How many could have been assigned.
+        available: u32,
+    },
+    /// Another writer changed what this change read; it is retried.
+    #[error("the datastore changed under this request; retry")]
+    Conflict,
+    /// Contention did not clear within the retry budget.
+    #[error("The datastore is too busy: gave up after repeated conflicting updates. Try again.")]
+    TooBusy,
+    /// A pool definition is invalid.
+    #[error("invalid pool {0}")]
+    BadPool(String),
+    /// A new pool overlaps an existing one.
+    #[error("pool {new} overlaps the existing pool {existing}")]
+    PoolOverlap {
+        /// The pool being added.
+        new: ipnet::IpNet,
+        /// The pool it overlaps.
+        existing: ipnet::IpNet,
+    },
+    /// No pool with that CIDR.
+    #[error("no pool {0}")]
+    PoolNotFound(ipnet::IpNet),
+    /// A pool cannot be removed while its addresses are held.
+    #[error("pool {cidr} still has {in_use} addresses in use; release them first")]
+    PoolInUse {
+        /// The pool.
+        cidr: ipnet::IpNet,
+        /// How many of its addresses are held.
+        in_use: usize,
+    },
+}
+
+/// Run a draft-and-commit attempt until it does not conflict, with jittered
+/// exponential backoff; gives up with [`IpamError::TooBusy`].
+pub(crate) fn with_retries<T>(
+    mut attempt: impl FnMut() -> Result<T, IpamError>,
+) -> Result<T, IpamError> {
+    use backon::{BlockingRetryable, ExponentialBuilder};
+    let policy = ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_micros(200))
+        .with_max_delay(std::time::Duration::from_millis(20))
+        .with_jitter()
+        .with_max_times(500);
+    match (|| attempt())
+        .retry(policy)
+        .when(|e| matches!(e, IpamError::Conflict))
+        .call()
+    {
+        Err(IpamError::Conflict) => Err(IpamError::TooBusy),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests;
