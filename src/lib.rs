@@ -4,5 +4,7 @@
 //! store, IPAM and configuration. Nothing here calls into the kernel; the
 //! `reconcilers` crate does that.
 
+pub mod config;
 pub mod ipam;
+pub mod plugin;
 pub mod store;

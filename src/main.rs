@@ -1,1 +1,16 @@
-fn main() {}
+//! The `calico-mesos` binary: with no arguments it is the net-modules plugin
+//! (one JSON request on stdin, one answer on stdout); otherwise an operator
+//! command. Parsing and dispatch only: the logic lives in the library.
+
+mod cli;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match args.command {
+        None => cli::plugin::run(args.config.as_deref()),
+        Some(command) => cli::run(args.config.as_deref(), command),
+    }
+}

@@ -103,7 +103,9 @@ pub fn release_handle(store: &dyn Store, uid: &str) -> Result<Vec<IpAddr>, IpamE
             };
             let key = keys::block(&pool.block_of(addr));
             // Only free what this uid really holds.
-            if draft.block(&key)?.and_then(|b| b.holder(addr)) == Some(uid) && draft.free(&key, addr)? {
+            if draft.block(&key)?.and_then(|b| b.holder(addr)) == Some(uid)
+                && draft.free(&key, addr)?
+            {
                 released.push(addr);
             }
         }
@@ -172,14 +174,17 @@ fn pick(
     let is_usable = |pool: &ipnet::IpNet| usable.iter().any(|p| p.value.cidr == *pool);
     let want = count as usize;
 
-    // 1. Blocks this node already claimed that have room.
+    // 1. Blocks this node already claimed that have room (including one a
+    // reservation of this same request just claimed).
     let own = keys::free_blocks_of(request.node, v4);
     let mut listed = store.list(&own, Some(want))?;
     if listed.len() == want {
         listed = store.list(&own, None)?;
     }
-    for index in listed {
-        fill(draft, &block_key_of_index(&index.key), &is_usable, request.uid, want, &mut got)?;
+    let mut candidates = draft.affine_blocks(request.node, v4);
+    candidates.extend(listed.iter().map(|index| block_key_of_index(&index.key)));
+    for key in candidates {
+        fill(draft, &key, &is_usable, request.uid, want, &mut got)?;
         if got.len() == want {
             return Ok(got);
         }
@@ -208,7 +213,14 @@ fn pick(
         if index.key.starts_with(&own) || !index.key.contains(&family) {
             continue;
         }
-        fill(draft, &block_key_of_index(&index.key), &is_usable, request.uid, want, &mut got)?;
+        fill(
+            draft,
+            &block_key_of_index(&index.key),
+            &is_usable,
+            request.uid,
+            want,
+            &mut got,
+        )?;
         if got.len() == want {
             return Ok(got);
         }

@@ -62,6 +62,20 @@ impl<'a> Draft<'a> {
         Ok(entry.value.as_mut())
     }
 
+    /// Keys of blocks read or claimed in this draft that are affine to
+    /// `node` and of one family.
+    pub(super) fn affine_blocks(&self, node: &str, v4: bool) -> Vec<String> {
+        self.blocks
+            .iter()
+            .filter(|(_, e)| {
+                e.value.as_ref().is_some_and(|b| {
+                    b.affinity.as_deref() == Some(node) && b.cidr.network().is_ipv4() == v4
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Mark the block at `key` changed.
     pub(super) fn touch_block(&mut self, key: &str) {
         if let Some(entry) = self.blocks.get_mut(key) {
@@ -107,7 +121,12 @@ impl<'a> Draft<'a> {
     }
 
     /// Record `addr` as allocated to `uid` in the block at `block_key`.
-    pub(super) fn record(&mut self, block_key: &str, addr: IpAddr, uid: &str) -> Result<(), IpamError> {
+    pub(super) fn record(
+        &mut self,
+        block_key: &str,
+        addr: IpAddr,
+        uid: &str,
+    ) -> Result<(), IpamError> {
         if let Some(block) = self.block(block_key)? {
             block.assign(addr, uid);
         }

@@ -42,7 +42,9 @@ impl IpPool {
             IpNet::V6(_) => DEFAULT_V6_BLOCK_SIZE,
         });
         if block_size > max {
-            return Err(bad(format!("block size /{block_size} is longer than /{max}")));
+            return Err(bad(format!(
+                "block size /{block_size} is longer than /{max}"
+            )));
         }
         if max - block_size > MAX_BLOCK_BITS {
             return Err(bad(format!(
@@ -103,7 +105,10 @@ mod tests {
     #[test]
     fn rejects_bad_pools_with_reason() {
         let err = IpPool::new("198.18.0.1/16".parse().unwrap(), None).unwrap_err();
-        assert!(err.to_string().contains("did you mean 198.18.0.0/16"), "{err}");
+        assert!(
+            err.to_string().contains("did you mean 198.18.0.0/16"),
+            "{err}"
+        );
         let err = IpPool::new("198.18.0.0/16".parse().unwrap(), Some(19)).unwrap_err();
         assert!(err.to_string().contains("too large"), "{err}");
         let err = IpPool::new("198.18.0.0/28".parse().unwrap(), Some(26)).unwrap_err();
@@ -114,7 +119,10 @@ mod tests {
     #[test]
     fn block_of_truncates() {
         let p = IpPool::new("198.18.0.0/16".parse().unwrap(), None).unwrap();
-        assert_eq!(p.block_of("198.18.1.77".parse().unwrap()).to_string(), "198.18.1.64/26");
+        assert_eq!(
+            p.block_of("198.18.1.77".parse().unwrap()).to_string(),
+            "198.18.1.64/26"
+        );
         assert_eq!(p.blocks().nth(2).unwrap().to_string(), "198.18.0.128/26");
     }
 }

@@ -13,10 +13,20 @@ fn store() -> (tempfile::TempDir, SqliteStore) {
 }
 
 fn with_pool(store: &dyn Store, cidr: &str, block: u8) {
-    add_pool(store, &IpPool::new(cidr.parse().unwrap(), Some(block)).unwrap()).unwrap();
+    add_pool(
+        store,
+        &IpPool::new(cidr.parse().unwrap(), Some(block)).unwrap(),
+    )
+    .unwrap();
 }
 
-fn alloc(store: &dyn Store, node: &str, uid: &str, v4: u32, v6: u32) -> Result<Assigned, IpamError> {
+fn alloc(
+    store: &dyn Store,
+    node: &str,
+    uid: &str,
+    v4: u32,
+    v6: u32,
+) -> Result<Assigned, IpamError> {
     allocate(
         store,
         &Request {
@@ -34,9 +44,11 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn blocks_of(store: &dyn Store, node: &str) -> Vec<String> {
-    usage(store).unwrap().nodes.get(node).map_or(vec![], |b| {
-        b.iter().map(|b| b.cidr.to_string()).collect()
-    })
+    usage(store)
+        .unwrap()
+        .nodes
+        .get(node)
+        .map_or(vec![], |b| b.iter().map(|b| b.cidr.to_string()).collect())
 }
 
 #[test]
@@ -44,7 +56,10 @@ fn a_node_fills_its_block_before_claiming_another() {
     let (_d, s) = store();
     with_pool(&s, "198.18.0.0/24", 30);
     let first = alloc(&s, "n1", "u1", 3, 0).unwrap();
-    assert_eq!(first.ipv4, vec![ip("198.18.0.0"), ip("198.18.0.1"), ip("198.18.0.2")]);
+    assert_eq!(
+        first.ipv4,
+        vec![ip("198.18.0.0"), ip("198.18.0.1"), ip("198.18.0.2")]
+    );
     assert_eq!(blocks_of(&s, "n1"), vec!["198.18.0.0/30"]);
     let next = alloc(&s, "n1", "u2", 2, 0).unwrap();
     assert_eq!(next.ipv4, vec![ip("198.18.0.3"), ip("198.18.0.4")]);
@@ -59,7 +74,10 @@ fn nodes_get_their_own_blocks() {
     let other = alloc(&s, "n2", "u2", 1, 0).unwrap();
     assert_eq!(other.ipv4, vec![ip("198.18.0.4")]);
     // n1 keeps using its own block, not n2's.
-    assert_eq!(alloc(&s, "n1", "u3", 1, 0).unwrap().ipv4, vec![ip("198.18.0.1")]);
+    assert_eq!(
+        alloc(&s, "n1", "u3", 1, 0).unwrap().ipv4,
+        vec![ip("198.18.0.1")]
+    );
     assert_eq!(blocks_of(&s, "n2"), vec!["198.18.0.4/30"]);
 }
 
@@ -73,7 +91,11 @@ fn borrows_only_when_no_block_is_left_to_claim() {
     let got = alloc(&s, "n1", "u3", 5, 0).unwrap();
     assert_eq!(got.ipv4.len(), 5);
     assert!(got.ipv4.contains(&ip("198.18.0.5")), "{got:?}");
-    assert_eq!(blocks_of(&s, "n1"), vec!["198.18.0.0/30"], "borrowing claims no block");
+    assert_eq!(
+        blocks_of(&s, "n1"),
+        vec!["198.18.0.0/30"],
+        "borrowing claims no block"
+    );
 }
 
 #[test]
@@ -87,7 +109,10 @@ fn exhaustion_is_all_or_nothing_and_names_the_family() {
     assert!(err.to_string().contains("IPv6"), "{err}");
     assert_eq!(s.revision().unwrap(), before, "nothing written");
     let err = alloc(&s, "n1", "u2", 3, 0).unwrap_err();
-    assert!(err.to_string().contains("IPv4") && err.to_string().contains("only 2"), "{err}");
+    assert!(
+        err.to_string().contains("IPv4") && err.to_string().contains("only 2"),
+        "{err}"
+    );
     assert_eq!(s.get(&keys::handle("u2")).unwrap(), None);
     assert_eq!(alloc(&s, "n1", "u2", 2, 4).unwrap().ipv4.len(), 2);
 }
@@ -107,9 +132,18 @@ fn reserve_in_someone_elses_block_and_conflicts() {
     with_pool(&s, "198.18.0.0/24", 26);
     alloc(&s, "n1", "u1", 1, 0).unwrap(); // n1 claims 198.18.0.0/26
     let wanted = [ip("198.18.0.9")];
-    let req = |node, uid| Request { node, uid, reserve: &wanted, ..Default::default() };
+    let req = |node, uid| Request {
+        node,
+        uid,
+        reserve: &wanted,
+        ..Default::default()
+    };
     assert_eq!(reserve(&s, &req("n2", "u2")).unwrap().ipv4, wanted);
-    assert_eq!(blocks_of(&s, "n2"), Vec::<String>::new(), "the block stays n1's");
+    assert_eq!(
+        blocks_of(&s, "n2"),
+        Vec::<String>::new(),
+        "the block stays n1's"
+    );
     // The same uid again is fine; another uid is refused.
     reserve(&s, &req("n2", "u2")).unwrap();
     let err = reserve(&s, &req("n3", "u3")).unwrap_err();
@@ -119,7 +153,16 @@ fn reserve_in_someone_elses_block_and_conflicts() {
     assert!(!got.ipv4.contains(&ip("198.18.0.9")));
     // An address in no pool.
     let outside = [ip("198.51.100.1")];
-    let err = reserve(&s, &Request { node: "n1", uid: "u5", reserve: &outside, ..Default::default() }).unwrap_err();
+    let err = reserve(
+        &s,
+        &Request {
+            node: "n1",
+            uid: "u5",
+            reserve: &outside,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("198.51.100.1"), "{err}");
 }
 
@@ -128,9 +171,22 @@ fn reserve_claims_an_unclaimed_block_and_allocation_returns_reserved_last() {
     let (_d, s) = store();
     with_pool(&s, "198.18.0.0/24", 26);
     let wanted = [ip("198.18.0.200")];
-    let got = allocate(&s, &Request { node: "n1", uid: "u", num_ipv4: 2, num_ipv6: 0, reserve: &wanted }).unwrap();
-    assert_eq!(got.ipv4, vec![ip("198.18.0.0"), ip("198.18.0.1"), ip("198.18.0.200")]);
-    assert_eq!(blocks_of(&s, "n1"), vec!["198.18.0.0/26", "198.18.0.192/26"]);
+    let got = allocate(
+        &s,
+        &Request {
+            node: "n1",
+            uid: "u",
+            num_ipv4: 2,
+            num_ipv6: 0,
+            reserve: &wanted,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        got.ipv4,
+        vec![ip("198.18.0.192"), ip("198.18.0.193"), ip("198.18.0.200")]
+    );
+    assert_eq!(blocks_of(&s, "n1"), vec!["198.18.0.192/26"]);
 }
 
 #[test]
@@ -157,12 +213,23 @@ fn release_by_address_updates_the_handle_and_ignores_unknown() {
     let (_d, s) = store();
     with_pool(&s, "198.18.0.0/24", 26);
     let a = alloc(&s, "n1", "a", 2, 0).unwrap();
-    let released = release_addresses(&s, &[a.ipv4[0], ip("198.18.0.77"), ip("203.0.113.1")]).unwrap();
+    let released =
+        release_addresses(&s, &[a.ipv4[0], ip("198.18.0.77"), ip("203.0.113.1")]).unwrap();
     assert_eq!(released, vec![a.ipv4[0]]);
-    let handle: Handle = crate::store::get_json(&s, &keys::handle("a")).unwrap().unwrap().value;
-    assert_eq!(handle.addresses.into_iter().collect::<Vec<_>>(), vec![a.ipv4[1]]);
+    let handle: Handle = crate::store::get_json(&s, &keys::handle("a"))
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(
+        handle.addresses.into_iter().collect::<Vec<_>>(),
+        vec![a.ipv4[1]]
+    );
     release_addresses(&s, &[a.ipv4[1]]).unwrap();
-    assert_eq!(s.get(&keys::handle("a")).unwrap(), None, "an empty handle is deleted");
+    assert_eq!(
+        s.get(&keys::handle("a")).unwrap(),
+        None,
+        "an empty handle is deleted"
+    );
 }
 
 #[test]
@@ -170,9 +237,17 @@ fn full_blocks_leave_the_free_index_and_come_back() {
     let (_d, s) = store();
     with_pool(&s, "198.18.0.0/24", 30);
     let a = alloc(&s, "n1", "a", 4, 0).unwrap();
-    assert!(s.list(&keys::free_blocks_of("n1", true), None).unwrap().is_empty());
+    assert!(s
+        .list(&keys::free_blocks_of("n1", true), None)
+        .unwrap()
+        .is_empty());
     release_addresses(&s, &a.ipv4[..1]).unwrap();
-    assert_eq!(s.list(&keys::free_blocks_of("n1", true), None).unwrap().len(), 1);
+    assert_eq!(
+        s.list(&keys::free_blocks_of("n1", true), None)
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(alloc(&s, "n1", "b", 1, 0).unwrap().ipv4, a.ipv4[..1]);
 }
 
@@ -181,7 +256,11 @@ fn default_pools_are_created_only_when_none_exist() {
     let (_d, s) = store();
     assert!(ensure_default_pools(&s).unwrap());
     assert!(!ensure_default_pools(&s).unwrap());
-    let cidrs: Vec<String> = list_pools(&s).unwrap().iter().map(|p| p.value.cidr.to_string()).collect();
+    let cidrs: Vec<String> = list_pools(&s)
+        .unwrap()
+        .iter()
+        .map(|p| p.value.cidr.to_string())
+        .collect();
     assert_eq!(cidrs.len(), 2);
     assert!(cidrs.contains(&DEFAULT_POOLS[0].to_string()));
 }
@@ -190,14 +269,24 @@ fn default_pools_are_created_only_when_none_exist() {
 fn pools_refuse_overlap_and_removal_in_use() {
     let (_d, s) = store();
     with_pool(&s, "198.18.0.0/24", 26);
-    let err = add_pool(&s, &IpPool::new("198.18.0.128/25".parse().unwrap(), None).unwrap()).unwrap_err();
+    let err = add_pool(
+        &s,
+        &IpPool::new("198.18.0.128/25".parse().unwrap(), None).unwrap(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("overlaps"), "{err}");
     alloc(&s, "n1", "a", 3, 0).unwrap();
     let err = remove_pool(&s, &"198.18.0.0/24".parse().unwrap()).unwrap_err();
-    assert_eq!(err.to_string(), "pool 198.18.0.0/24 still has 3 addresses in use; release them first");
+    assert_eq!(
+        err.to_string(),
+        "pool 198.18.0.0/24 still has 3 addresses in use; release them first"
+    );
     release_handle(&s, "a").unwrap();
     remove_pool(&s, &"198.18.0.0/24".parse().unwrap()).unwrap();
-    assert!(s.list("", None).unwrap().is_empty(), "pool, blocks and index all gone");
+    assert!(
+        s.list("", None).unwrap().is_empty(),
+        "pool, blocks and index all gone"
+    );
 }
 
 #[test]
@@ -206,5 +295,28 @@ fn disabled_pools_hand_out_nothing_new() {
     let mut pool = IpPool::new("198.18.0.0/24".parse().unwrap(), Some(26)).unwrap();
     pool.disabled = true;
     add_pool(&s, &pool).unwrap();
-    assert!(matches!(alloc(&s, "n1", "a", 1, 0), Err(IpamError::Exhausted { .. })));
+    assert!(matches!(
+        alloc(&s, "n1", "a", 1, 0),
+        Err(IpamError::Exhausted { .. })
+    ));
+}
+
+#[test]
+fn a_block_claimed_by_a_reservation_is_filled_first() {
+    let (_d, s) = store();
+    with_pool(&s, "198.18.0.0/24", 26);
+    let wanted = [ip("198.18.0.70")];
+    let got = allocate(
+        &s,
+        &Request {
+            node: "n1",
+            uid: "u",
+            num_ipv4: 1,
+            num_ipv6: 0,
+            reserve: &wanted,
+        },
+    )
+    .unwrap();
+    assert_eq!(got.ipv4, vec![ip("198.18.0.64"), ip("198.18.0.70")]);
+    assert_eq!(blocks_of(&s, "n1"), vec!["198.18.0.64/26"]);
 }

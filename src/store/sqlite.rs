@@ -50,7 +50,8 @@ impl SqliteStore {
             .open(&path)
             .map_err(|e| fail(format!("cannot open {}: {e}", path.display())))?;
         let conn = Connection::open(&path).map_err(|e| fail(e.to_string()))?;
-        conn.busy_timeout(timeout).map_err(|e| fail(e.to_string()))?;
+        conn.busy_timeout(timeout)
+            .map_err(|e| fail(e.to_string()))?;
         let store = SqliteStore {
             path,
             conn: Mutex::new(conn),
@@ -259,9 +260,7 @@ impl Store for SqliteStore {
         let mut changes: Vec<(Revision, Change)> = Vec::new();
         {
             let mut puts = tx
-                .prepare_cached(
-                    "SELECT key, value, create_rev, mod_rev FROM kv WHERE mod_rev > ?1",
-                )
+                .prepare_cached("SELECT key, value, create_rev, mod_rev FROM kv WHERE mod_rev > ?1")
                 .map_err(|e| self.err(e))?;
             for kv in puts
                 .query_map([since], row_to_kv)

@@ -1,0 +1,295 @@
+//! Configuration: a YAML file (`/etc/calico-mesos/config.yaml`, `--config`,
+//! or `CALICO_MESOS_CONFIG`), every key overridable by an environment
+//! variable `CALICO_MESOS_<KEY>`. Unknown keys and bad values are errors
+//! that name the key. This module only parses; it opens nothing.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the configuration file is looked for when none is named.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/calico-mesos/config.yaml";
+/// The environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "CALICO_MESOS_CONFIG";
+/// Prefix of the per-key environment overrides.
+pub const ENV_PREFIX: &str = "CALICO_MESOS_";
+
+/// The resolved configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Datastore URL: `sqlite:///path/to/store.db`.
+    pub datastore: String,
+    /// This node's name (default: the host name).
+    pub nodename: String,
+    /// Directory for sockets and locks.
+    pub run_dir: PathBuf,
+    /// Log level: error, warn, info, debug or trace.
+    pub log_level: tracing::Level,
+    /// Also append logs to this file.
+    pub log_file: Option<PathBuf>,
+    /// How long a request waits for the datastore before failing.
+    pub store_timeout: Duration,
+}
+
+/// The file's form: every key optional, nothing else allowed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    datastore: Option<String>,
+    nodename: Option<String>,
+    run_dir: Option<String>,
+    log_level: Option<String>,
+    log_file: Option<String>,
+    store_timeout: Option<String>,
+}
+
+/// Errors of configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML of the expected shape (unknown keys included).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// An environment variable with our prefix names no key.
+    #[error("unknown configuration variable {0}")]
+    UnknownVariable(String),
+    /// A value is not valid for its key.
+    #[error("bad value for {key}: {message}")]
+    BadValue {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Load from the file `path` names (or the default path, which may be
+    /// absent) and the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        let explicit = path
+            .map(Path::to_path_buf)
+            .or_else(|| env.get(CONFIG_ENV).map(PathBuf::from));
+        let text = match &explicit {
+            Some(path) => Some(read(path)?),
+            None => match std::fs::read_to_string(DEFAULT_CONFIG_PATH) {
+                Ok(text) => Some(text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => {
+                    return Err(ConfigError::Read {
+                        path: DEFAULT_CONFIG_PATH.into(),
+                        source,
+                    })
+                }
+            },
+        };
+        let path = explicit.unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
+        Config::from_parts(text.as_deref(), &path, &env)
+    }
+
+    /// Resolve from file text (if any) and an environment; pure.
+    pub fn from_parts(
+        text: Option<&str>,
+        path: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut file: FileConfig = match text {
+            Some(text) if !text.trim().is_empty() => {
+                serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            _ => FileConfig::default(),
+        };
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let slot = match key {
+                "CONFIG" => continue,
+                "DATASTORE" => &mut file.datastore,
+                "NODENAME" => &mut file.nodename,
+                "RUN_DIR" => &mut file.run_dir,
+                "LOG_LEVEL" => &mut file.log_level,
+                "LOG_FILE" => &mut file.log_file,
+                "STORE_TIMEOUT" => &mut file.store_timeout,
+                _ => return Err(ConfigError::UnknownVariable(name.clone())),
+            };
+            *slot = Some(value.clone());
+        }
+        Ok(Config {
+            datastore: non_empty("datastore", file.datastore)?
+                .unwrap_or_else(|| "sqlite:///var/lib/calico-mesos/store.db".into()),
+            nodename: match non_empty("nodename", file.nodename)? {
+                Some(name) => name,
+                None => host_name()?,
+            },
+            run_dir: non_empty("run_dir", file.run_dir)?
+                .unwrap_or_else(|| "/run/calico-mesos".into())
+                .into(),
+            log_level: match file.log_level {
+                Some(level) => parse_level(&level)?,
+                None => tracing::Level::INFO,
+            },
+            log_file: non_empty("log_file", file.log_file)?.map(PathBuf::from),
+            store_timeout: match file.store_timeout {
+                Some(text) => parse_duration(&text).map_err(|message| ConfigError::BadValue {
+                    key: "store_timeout",
+                    message,
+                })?,
+                None => Duration::from_secs(5),
+            },
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn non_empty(key: &'static str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(ConfigError::BadValue {
+            key,
+            message: "must not be empty".into(),
+        }),
+        other => Ok(other),
+    }
+}
+
+fn parse_level(text: &str) -> Result<tracing::Level, ConfigError> {
+    text.trim()
+        .to_ascii_lowercase()
+        .parse()
+        .map_err(|_| ConfigError::BadValue {
+            key: "log_level",
+            message: format!("'{text}' is not one of error, warn, info, debug, trace"),
+        })
+}
+
+/// The host name, as the kernel knows it.
+fn host_name() -> Result<String, ConfigError> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .ok_or(ConfigError::BadValue {
+            key: "nodename",
+            message: "not set and the host name could not be read".into(),
+        })
+}
+
+/// Parse a duration written like `2s`, `500ms`, `1m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("'{text}' has no unit (write e.g. 2s, 500ms, 1m)"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' does not start with a whole number"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "'{text}' has an unknown unit '{unit}' (ms, s, m or h)"
+            ))
+        }
+    };
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_parts(Some(text), Path::new("/x/config.yaml"), &env)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = resolve("", &[("CALICO_MESOS_NODENAME", "n1")]).unwrap();
+        assert_eq!(c.datastore, "sqlite:///var/lib/calico-mesos/store.db");
+        assert_eq!(c.run_dir, PathBuf::from("/run/calico-mesos"));
+        assert_eq!(c.log_level, tracing::Level::INFO);
+        assert_eq!(c.store_timeout, Duration::from_secs(5));
+        assert_eq!(c.nodename, "n1");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = resolve(
+            "datastore: sqlite:///a.db\nlog_level: debug\nstore_timeout: 500ms\nnodename: f\n",
+            &[
+                ("CALICO_MESOS_DATASTORE", "sqlite:///b.db"),
+                ("PATH", "/bin"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.datastore, "sqlite:///b.db");
+        assert_eq!(c.log_level, tracing::Level::DEBUG);
+        assert_eq!(c.store_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = resolve("datastor: x\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("datastor"), "{err}");
+        let err = resolve("", &[("CALICO_MESOS_FOO", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CALICO_MESOS_FOO"), "{err}");
+        let err = resolve("log_level: loud\nnodename: n\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log_level"), "{err}");
+        let err = resolve("store_timeout: 5\nnodename: n\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("store_timeout") && err.contains("no unit"),
+            "{err}"
+        );
+        let err = resolve("run_dir: ''\nnodename: n\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("run_dir"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("2x").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! The net-modules protocol (PROTOCOL.md): one JSON request on stdin, one
+//! JSON answer on stdout. This module owns the protocol's shapes and texts;
+//! it turns a checked request into calls on the protocol-free API (IPAM,
+//! endpoints) and never writes anything before the request is valid.
+
+pub mod labels;
+pub mod request;
+
+use crate::config::Config;
+use crate::ipam::{self, Assigned};
+use crate::store::{self, keys, Store};
+pub use request::{parse, Request};
+use serde_json::{json, Value};
+use std::io::Read;
+
+/// The largest request read from stdin; net-modules' requests are tiny.
+pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
+
+/// The answer to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The JSON object written to stdout.
+    pub body: Value,
+}
+
+impl Answer {
+    /// A success with extra fields (`error` is set to null).
+    pub fn ok(mut fields: Value) -> Answer {
+        fields["error"] = Value::Null;
+        Answer { body: fields }
+    }
+
+    /// A failure with the operator-facing message.
+    pub fn error(message: impl Into<String>) -> Answer {
+        Answer {
+            body: json!({ "error": message.into() }),
+        }
+    }
+
+    /// True when `error` is null.
+    pub fn is_ok(&self) -> bool {
+        self.body["error"].is_null()
+    }
+}
+
+/// Read at most [`MAX_REQUEST_BYTES`] of stdin.
+pub fn read_request(input: impl Read) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    input
+        .take(MAX_REQUEST_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read the request from stdin: {e}"))?;
+    if buf.len() as u64 > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "the request is larger than {MAX_REQUEST_BYTES} bytes"
+        ));
+    }
+    Ok(buf)
+}
+
+/// Answer one raw request. `config` is only loaded once the request is valid,
+/// and the store only opened then, so bad input touches nothing.
+pub fn answer(input: &[u8], config: impl FnOnce() -> Result<Config, String>) -> Answer {
+    let request = match parse(input) {
+        Ok(request) => request,
+        Err(invalid) => return Answer::error(invalid.0),
+    };
+    let config = match config() {
+        Ok(config) => config,
+        Err(message) => return Answer::error(message),
+    };
+    let store = match store::open(&config.datastore, config.store_timeout) {
+        Ok(store) => store,
+        Err(e) => return Answer::error(e.to_string()),
+    };
+    execute(store.as_ref(), &config, request)
+}
+
+/// Carry out a checked request against the store.
+pub fn execute(store: &dyn Store, config: &Config, request: Request) -> Answer {
+    let node = config.nodename.as_str();
+    let result = match request {
+        Request::Allocate(args) => allocate(store, node, &args),
+        Request::Reserve(args) => ipam::reserve(
+            store,
+            &ipam::Request {
+                node,
+                uid: &args.uid,
+                reserve: &args.addresses,
+                ..Default::default()
+            },
+        )
+        .map(|_| Answer::ok(json!({})))
+        .map_err(|e| e.to_string()),
+        Request::Release(request::Release::Uid(uid)) => ipam::release_handle(store, &uid)
+            .map(|_| Answer::ok(json!({})))
+            .map_err(|e| e.to_string()),
+        Request::Release(request::Release::Ips(ips)) => ipam::release_addresses(store, &ips)
+            .map(|_| Answer::ok(json!({})))
+            .map_err(|e| e.to_string()),
+        Request::Isolate(args) => Err(format!(
+            "Cannot isolate container '{}': this build of calico-mesos manages addresses only; container networking (isolate) is not available yet.",
+            request::echo(&args.container_id)
+        )),
+        Request::Cleanup(args) => cleanup(store, node, &args),
+    };
+    result.unwrap_or_else(Answer::error)
+}
+
+fn allocate(store: &dyn Store, node: &str, args: &request::Allocate) -> Result<Answer, String> {
+    let wants_addresses = args.num_ipv4 + args.num_ipv6 > 0 || !args.label_ipv4.is_empty();
+    if wants_addresses {
+        ipam::ensure_default_pools(store).map_err(|e| e.to_string())?;
+    }
+    let Assigned { ipv4, ipv6 } = ipam::allocate(
+        store,
+        &ipam::Request {
+            node,
+            uid: &args.uid,
+            num_ipv4: args.num_ipv4,
+            num_ipv6: args.num_ipv6,
+            reserve: &args.label_ipv4,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Answer::ok(json!({ "ipv4": ipv4, "ipv6": ipv6 })))
+}
+
+fn cleanup(store: &dyn Store, node: &str, args: &request::Cleanup) -> Result<Answer, String> {
+    let key = keys::endpoint(node, &args.container_id);
+    match store.get(&key).map_err(|e| e.to_string())? {
+        // Nothing was ever configured for it: cleanups are idempotent.
+        None => Ok(Answer::ok(json!({}))),
+        Some(_) => Err(format!(
+            "Cannot clean up container '{}': container networking is not available in this build.",
+            request::echo(&args.container_id)
+        )),
+    }
+}
