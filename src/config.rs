@@ -285,6 +285,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../deploy/config.yaml");
+        let c = resolve(text, &[("CALICO_MESOS_NODENAME", "n")]).unwrap();
+        assert_eq!(c.store_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
