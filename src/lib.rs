@@ -5,6 +5,8 @@
 //! `reconcilers` crate does that.
 
 pub mod config;
+pub mod controller;
+pub mod endpoint;
 pub mod ipam;
 pub mod plugin;
 pub mod store;

@@ -500,7 +500,6 @@ fn malformed_requests_get_an_error_and_change_nothing() {
 /// PROTOCOL.md lists `netgroups` of allocate and reserve as "optional list";
 /// a value of another type is accepted today and the request carried out.
 #[test]
-#[ignore = "src bug: allocate/reserve accept a non-list netgroups (reported, not fixed here)"]
 fn allocate_and_reserve_reject_netgroups_that_are_not_a_list() {
     let store = populated_store();
     for command in ["allocate", "reserve"] {
@@ -724,7 +723,6 @@ fn an_unusable_datastore_gets_a_clear_error() {
 /// With no pool configured, an allocate that fails still leaves the default
 /// pools written: an error answer that changed the store.
 #[test]
-#[ignore = "src bug: a failed allocate on a store without pools leaves the default pools (reported, not fixed here)"]
 fn a_failed_allocate_on_an_empty_store_writes_nothing() {
     let store = TestStore::empty();
     let before = store.dump();

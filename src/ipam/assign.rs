@@ -7,7 +7,7 @@
 //! be met in full, nothing is written.
 
 use super::draft::Draft;
-use super::pools::{commit, list_pools};
+use super::pools::{commit, default_pools, list_pools, DEFAULT_POOLS};
 use super::{family_name, with_retries, IpPool, IpamError};
 use crate::store::{keys, Store, Versioned};
 use std::collections::HashSet;
@@ -26,6 +26,9 @@ pub struct Request<'a> {
     pub num_ipv6: u32,
     /// Exact addresses to reserve as well (they come after the picked ones).
     pub reserve: &'a [IpAddr],
+    /// When no pool exists at all, create Calico's default pools in the same
+    /// transaction (so a failed request leaves them uncreated too).
+    pub default_pools: bool,
 }
 
 /// The addresses assigned by one request.
@@ -40,8 +43,16 @@ pub struct Assigned {
 /// Allocate (and reserve) addresses under `request.uid`, all or nothing.
 pub fn allocate(store: &dyn Store, request: &Request<'_>) -> Result<Assigned, IpamError> {
     with_retries(|| {
-        let pools = list_pools(store)?;
+        let mut pools = list_pools(store)?;
         let mut draft = Draft::new(store);
+        let wants_any = request.num_ipv4 + request.num_ipv6 > 0 || !request.reserve.is_empty();
+        let creates_defaults = pools.is_empty() && request.default_pools && wants_any;
+        if creates_defaults {
+            pools = default_pools();
+            for pool in &pools {
+                draft.create_pool(&pool.value);
+            }
+        }
         let reserved = reserve_in(&mut draft, &pools, request)?;
         let mut assigned = Assigned {
             ipv4: pick(&mut draft, store, &pools, request, true, request.num_ipv4)?,
@@ -54,6 +65,12 @@ pub fn allocate(store: &dyn Store, request: &Request<'_>) -> Result<Assigned, Ip
             }
         }
         commit(store, &draft.into_txn())?;
+        if creates_defaults {
+            tracing::info!(
+                pools = ?DEFAULT_POOLS,
+                "no IP pool was configured: created the default pools"
+            );
+        }
         Ok(assigned)
     })
 }
@@ -65,6 +82,7 @@ pub fn reserve(store: &dyn Store, request: &Request<'_>) -> Result<Assigned, Ipa
         &Request {
             num_ipv4: 0,
             num_ipv6: 0,
+            default_pools: false,
             ..request.clone()
         },
     )

@@ -22,6 +22,7 @@ pub(super) struct Draft<'a> {
     blocks: BTreeMap<String, Entry<Block>>,
     handles: BTreeMap<String, Entry<Handle>>,
     guards: Vec<(String, Revision)>,
+    new_pools: Vec<IpPool>,
 }
 
 impl<'a> Draft<'a> {
@@ -31,7 +32,15 @@ impl<'a> Draft<'a> {
             blocks: BTreeMap::new(),
             handles: BTreeMap::new(),
             guards: Vec::new(),
+            new_pools: Vec::new(),
         }
+    }
+
+    /// Create a pool (guarded as absent) in the same transaction.
+    pub(super) fn create_pool(&mut self, pool: &IpPool) {
+        let key = keys::pool(&pool.cidr);
+        self.guards.push((key.clone(), 0));
+        self.new_pools.push(pool.clone());
     }
 
     /// Also require `key` to be unchanged at `revision` when committing.
@@ -152,6 +161,9 @@ impl<'a> Draft<'a> {
         let mut txn = Txn::default();
         for (key, revision) in self.guards {
             txn.compare(key, revision);
+        }
+        for pool in &self.new_pools {
+            txn.put_json(keys::pool(&pool.cidr), pool);
         }
         for (key, entry) in self.blocks {
             txn.compare(key.clone(), entry.revision);

@@ -18,7 +18,7 @@ mod report;
 pub use assign::{allocate, release_addresses, release_handle, reserve, Assigned, Request};
 pub use block::Block;
 pub use pool::{IpPool, DEFAULT_V4_BLOCK_SIZE, DEFAULT_V6_BLOCK_SIZE};
-pub use pools::{add_pool, ensure_default_pools, list_pools, remove_pool, DEFAULT_POOLS};
+pub use pools::{add_pool, list_pools, remove_pool, DEFAULT_POOLS};
 pub use report::{usage, BlockUsage, PoolUsage, Usage};
 
 use crate::store::StoreError;

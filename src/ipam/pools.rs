@@ -34,29 +34,16 @@ pub fn add_pool(store: &dyn Store, pool: &IpPool) -> Result<(), IpamError> {
     })
 }
 
-/// Create the default pools when no pool exists. Returns true when it did.
-pub fn ensure_default_pools(store: &dyn Store) -> Result<bool, IpamError> {
-    if !store.list_keys(keys::POOLS)?.is_empty() {
-        return Ok(false);
-    }
-    let mut txn = Txn::default();
-    for cidr in DEFAULT_POOLS {
-        let pool = IpPool::new(cidr.parse().expect("default pools parse"), None)?;
-        let key = keys::pool(&pool.cidr);
-        txn.compare(key.clone(), 0);
-        txn.put_json(key, &pool);
-    }
-    match store.commit(&txn)? {
-        Commit::Done(_) => {
-            tracing::info!(
-                pools = ?DEFAULT_POOLS,
-                "no IP pool was configured: created the default pools"
-            );
-            Ok(true)
-        }
-        // Another process created them (or a pool) first.
-        Commit::Conflict => Ok(false),
-    }
+/// Calico's default pools, not yet stored (revision 0).
+pub(super) fn default_pools() -> Vec<Versioned<IpPool>> {
+    DEFAULT_POOLS
+        .iter()
+        .map(|cidr| Versioned {
+            value: IpPool::new(cidr.parse().expect("default pools parse"), None)
+                .expect("default pools are valid"),
+            mod_revision: 0,
+        })
+        .collect()
 }
 
 /// Remove a pool and its (empty) blocks; refused while any address is held.

@@ -35,6 +35,7 @@ fn alloc(
             num_ipv4: v4,
             num_ipv6: v6,
             reserve: &[],
+            default_pools: false,
         },
     )
 }
@@ -179,6 +180,7 @@ fn reserve_claims_an_unclaimed_block_and_allocation_returns_reserved_last() {
             num_ipv4: 2,
             num_ipv6: 0,
             reserve: &wanted,
+            default_pools: false,
         },
     )
     .unwrap();
@@ -252,10 +254,22 @@ fn full_blocks_leave_the_free_index_and_come_back() {
 }
 
 #[test]
-fn default_pools_are_created_only_when_none_exist() {
+fn default_pools_are_created_with_the_first_allocation_only() {
     let (_d, s) = store();
-    assert!(ensure_default_pools(&s).unwrap());
-    assert!(!ensure_default_pools(&s).unwrap());
+    let req = |uid, reserve| Request {
+        node: "n1",
+        uid,
+        num_ipv4: 1,
+        reserve,
+        default_pools: true,
+        ..Default::default()
+    };
+    // A failing request creates nothing, not even the default pools.
+    let outside = [ip("198.51.100.1")];
+    assert!(allocate(&s, &req("u0", &outside)).is_err());
+    assert_eq!(s.revision().unwrap(), 0);
+    let got = allocate(&s, &req("u1", &[])).unwrap();
+    assert!(got.ipv4[0].to_string().starts_with("192.168."), "{got:?}");
     let cidrs: Vec<String> = list_pools(&s)
         .unwrap()
         .iter()
@@ -263,6 +277,10 @@ fn default_pools_are_created_only_when_none_exist() {
         .collect();
     assert_eq!(cidrs.len(), 2);
     assert!(cidrs.contains(&DEFAULT_POOLS[0].to_string()));
+    // With pools present, none are added.
+    remove_pool(&s, &DEFAULT_POOLS[1].parse().unwrap()).unwrap();
+    allocate(&s, &req("u2", &[])).unwrap();
+    assert_eq!(list_pools(&s).unwrap().len(), 1);
 }
 
 #[test]
@@ -314,6 +332,7 @@ fn a_block_claimed_by_a_reservation_is_filled_first() {
             num_ipv4: 1,
             num_ipv6: 0,
             reserve: &wanted,
+            default_pools: false,
         },
     )
     .unwrap();

@@ -108,10 +108,6 @@ pub fn execute(store: &dyn Store, config: &Config, request: Request) -> Answer {
 }
 
 fn allocate(store: &dyn Store, node: &str, args: &request::Allocate) -> Result<Answer, String> {
-    let wants_addresses = args.num_ipv4 + args.num_ipv6 > 0 || !args.label_ipv4.is_empty();
-    if wants_addresses {
-        ipam::ensure_default_pools(store).map_err(|e| e.to_string())?;
-    }
     let Assigned { ipv4, ipv6 } = ipam::allocate(
         store,
         &ipam::Request {
@@ -120,6 +116,7 @@ fn allocate(store: &dyn Store, node: &str, args: &request::Allocate) -> Result<A
             num_ipv4: args.num_ipv4,
             num_ipv6: args.num_ipv6,
             reserve: &args.label_ipv4,
+            default_pools: true,
         },
     )
     .map_err(|e| e.to_string())?;

@@ -245,6 +245,15 @@ impl<'a> Args<'a> {
         parse_family(&texts, v4)
     }
 
+    /// The optional `netgroups` list, checked and de-duplicated.
+    fn netgroups(&self) -> Result<Vec<String>, Invalid> {
+        match self.present("netgroups") {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => netgroups(items),
+            Some(_) => invalid("Must provide list of netgroups."),
+        }
+    }
+
     fn labels(&self) -> Result<Labels, Invalid> {
         Labels::from_json(self.present("labels"))
     }
@@ -278,6 +287,7 @@ fn parse_allocate(args: Args<'_>) -> Result<Allocate, Invalid> {
     let hostname = args.id("hostname")?;
     let num_ipv4 = args.count("num_ipv4")?;
     let num_ipv6 = args.count("num_ipv6")?;
+    args.netgroups()?;
     let labels = args.labels()?;
     let label_ipv4 = match labels.get("ipv4_addrs") {
         Some(text) => parse_address_list_label(text)?,
@@ -307,6 +317,7 @@ fn parse_reserve(args: Args<'_>) -> Result<Reserve, Invalid> {
     if addresses.is_empty() {
         return invalid("Must provide at least one IPv4 or IPv6 address.");
     }
+    args.netgroups()?;
     let labels = args.labels()?;
     Ok(Reserve {
         hostname,
@@ -359,11 +370,7 @@ fn parse_isolate(args: Args<'_>) -> Result<Isolate, Invalid> {
     if ipv4.is_empty() && ipv6.is_empty() {
         return invalid("Must provide at least one IPv4 or IPv6 address.");
     }
-    let netgroups = match args.present("netgroups") {
-        None => Vec::new(),
-        Some(Value::Array(items)) => netgroups(items)?,
-        Some(_) => return invalid("Must provide list of netgroups."),
-    };
+    let netgroups = args.netgroups()?;
     let labels = args.labels()?;
     Ok(Isolate {
         hostname,

@@ -1,0 +1,8 @@
+//! The reconcile loop's runtime, in the kube-runtime style: triggers (store
+//! changes, kicks from plugin processes, netlink events, periodic resync)
+//! feed a de-duplicating work queue; a runner reconciles each key, never
+//! one key twice at once, with per-key backoff on failure. This module owns
+//! the runtime only; what a reconcile does lives with the object it serves.
+
+pub mod runner;
+pub mod scheduler;
