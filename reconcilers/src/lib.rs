@@ -1,1 +1,21 @@
-//! Kernel side of calico-mesos. Filled in by the endpoint reconciler work.
+//! Kernel side of calico-mesos: observe, plan and apply the dataplane.
+//!
+//! Each module owns one kind of dataplane object and is handed the desired
+//! state as plain data (no store, no Mesos types). Planning is pure and
+//! tested without root; applying is thin netlink and tested in network
+//! namespaces.
+
+pub mod endpoint;
+pub mod netns;
+mod nl;
+
+pub use netns::{NetnsError, NetnsRef};
+pub use nl::NlError;
+
+/// The route protocol number that tags every route we make (`ip route ...
+/// proto 81`). Calico's Felix uses 80; ours differs so that both can be told
+/// apart on one host. Routes with another protocol are never ours.
+pub const ROUTE_PROTOCOL: u8 = 81;
+
+/// Every host-side interface we make starts with this.
+pub const HOST_IFNAME_PREFIX: &str = "cali";

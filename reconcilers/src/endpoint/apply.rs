@@ -1,0 +1,394 @@
+//! Applies a plan: one netlink request (or one sysctl write) per action,
+//! in order. Thin on purpose: every decision was made by the planner.
+
+use super::model::*;
+use super::observe::link_by_name;
+use super::plan::MAIN_TABLE;
+use crate::netns::{NetnsError, NsThread};
+use crate::nl::{request, NlError};
+use crate::ROUTE_PROTOCOL;
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::Handle;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+
+/// Why an action could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A netlink request failed.
+    #[error("{action}: {source}")]
+    Netlink {
+        /// The action, described.
+        action: String,
+        /// The netlink error.
+        #[source]
+        source: NlError,
+    },
+    /// A sysctl could not be written.
+    #[error("{action}: {source}")]
+    Sysctl {
+        /// The action, described.
+        action: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The container namespace's worker thread failed.
+    #[error("{action}: {source}")]
+    Namespace {
+        /// The action, described.
+        action: String,
+        /// The namespace error.
+        #[source]
+        source: NetnsError,
+    },
+    /// A link the plan relies on is not there (someone deleted it meanwhile).
+    #[error("{action}: link {name} not found")]
+    MissingLink {
+        /// The action, described.
+        action: String,
+        /// The link's name.
+        name: String,
+    },
+    /// The action needs the container's namespace, which was not given.
+    #[error("{action}: needs the container's namespace")]
+    NoContainer {
+        /// The action, described.
+        action: String,
+    },
+}
+
+/// The container's namespace, as the applier reaches it.
+pub(crate) struct ContainerSide<'a> {
+    /// A connection inside it.
+    pub handle: &'a Handle,
+    /// A thread inside it (for sysctls).
+    pub thread: &'a NsThread,
+    /// The namespace file (for creating the veth peer straight inside it).
+    pub ns: &'a File,
+}
+
+/// Executes actions against the node namespace (the caller's) and, when
+/// given, the container's; link indexes are looked up by name once and
+/// remembered.
+pub(crate) struct Applier<'a> {
+    node: &'a Handle,
+    container: Option<ContainerSide<'a>>,
+    host_index: Option<u32>,
+    eth0_index: Option<u32>,
+}
+
+const CREATE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+const REPLACE: u16 = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+const CHANGE: u16 = NLM_F_REQUEST | NLM_F_ACK;
+
+fn family(addr: IpAddr) -> AddressFamily {
+    match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+impl<'a> Applier<'a> {
+    /// An applier for the node namespace and, optionally, a container's.
+    pub fn new(node: &'a Handle, container: Option<ContainerSide<'a>>) -> Self {
+        Applier {
+            node,
+            container,
+            host_index: None,
+            eth0_index: None,
+        }
+    }
+
+    /// Applies `actions` in order; stops at the first failure.
+    pub async fn apply_all(&mut self, actions: &[Action]) -> Result<(), ApplyError> {
+        for a in actions {
+            self.apply(a).await?;
+        }
+        Ok(())
+    }
+
+    fn container(&self, a: &Action) -> Result<&ContainerSide<'a>, ApplyError> {
+        self.container
+            .as_ref()
+            .ok_or_else(|| ApplyError::NoContainer {
+                action: a.to_string(),
+            })
+    }
+
+    async fn send(
+        &self,
+        h: &Handle,
+        a: &Action,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<(), ApplyError> {
+        request(h, msg, flags)
+            .await
+            .map(drop)
+            .map_err(|source| ApplyError::Netlink {
+                action: a.to_string(),
+                source,
+            })
+    }
+
+    async fn index_of(&mut self, side: Side, name: &str, a: &Action) -> Result<u32, ApplyError> {
+        let cached = match side {
+            Side::Node => self.host_index,
+            Side::Container => self.eth0_index,
+        };
+        if let Some(i) = cached.filter(|_| name != "lo") {
+            return Ok(i);
+        }
+        let h = match side {
+            Side::Node => self.node,
+            Side::Container => self.container(a)?.handle,
+        };
+        let found = link_by_name(h, name, side)
+            .await
+            .map_err(|e| ApplyError::MissingLink {
+                action: format!("{a} ({e})"),
+                name: name.to_string(),
+            })?
+            .ok_or_else(|| ApplyError::MissingLink {
+                action: a.to_string(),
+                name: name.to_string(),
+            })?;
+        if name != "lo" {
+            match side {
+                Side::Node => self.host_index = Some(found.index),
+                Side::Container => self.eth0_index = Some(found.index),
+            }
+        }
+        Ok(found.index)
+    }
+
+    async fn apply(&mut self, a: &Action) -> Result<(), ApplyError> {
+        match a {
+            Action::DeleteHostLink { index, .. } => {
+                let mut m = LinkMessage::default();
+                m.header.index = *index;
+                self.host_index = None;
+                self.send(self.node, a, RouteNetlinkMessage::DelLink(m), CHANGE)
+                    .await
+            }
+            Action::DeleteContainerLink { index } => {
+                let mut m = LinkMessage::default();
+                m.header.index = *index;
+                self.eth0_index = None;
+                let h = self.container(a)?.handle;
+                self.send(h, a, RouteNetlinkMessage::DelLink(m), CHANGE)
+                    .await
+            }
+            Action::CreateVeth { host } => {
+                let ns = self.container(a)?.ns;
+                let mut peer = LinkMessage::default();
+                peer.attributes
+                    .push(LinkAttribute::IfName(CONTAINER_IFNAME.to_string()));
+                peer.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+                let mut m = LinkMessage::default();
+                m.attributes.push(LinkAttribute::IfName(host.clone()));
+                m.attributes.push(LinkAttribute::Address(HOST_MAC.to_vec()));
+                m.attributes.push(LinkAttribute::LinkInfo(vec![
+                    LinkInfo::Kind(InfoKind::Veth),
+                    LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+                ]));
+                self.host_index = None;
+                self.eth0_index = None;
+                self.send(self.node, a, RouteNetlinkMessage::NewLink(m), CREATE)
+                    .await?;
+                // The kernel may not honour the MAC given at creation.
+                let link = link_by_name(self.node, host, Side::Node)
+                    .await
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| ApplyError::MissingLink {
+                        action: a.to_string(),
+                        name: host.clone(),
+                    })?;
+                self.host_index = Some(link.index);
+                if link.mac.as_deref() != Some(&HOST_MAC[..]) {
+                    let fix = Action::SetHostMac { host: host.clone() };
+                    Box::pin(self.apply(&fix)).await?;
+                }
+                Ok(())
+            }
+            Action::SetHostMac { host } => {
+                let index = self.index_of(Side::Node, host, a).await?;
+                let mut m = LinkMessage::default();
+                m.header.index = index;
+                m.attributes.push(LinkAttribute::Address(HOST_MAC.to_vec()));
+                self.send(self.node, a, RouteNetlinkMessage::SetLink(m), CHANGE)
+                    .await
+            }
+            Action::SetSysctl {
+                side,
+                ifname,
+                sysctl,
+                value,
+            } => {
+                let path = format!("/proc/sys/{}", sysctl.path(ifname));
+                let value = value.to_string();
+                let res = match side {
+                    // The calling thread is in the node namespace, and
+                    // /proc/sys/net resolves against the caller's.
+                    Side::Node => std::fs::write(&path, value),
+                    Side::Container => self
+                        .container(a)?
+                        .thread
+                        .run(move || std::fs::write(&path, value))
+                        .await
+                        .map_err(|source| ApplyError::Namespace {
+                            action: a.to_string(),
+                            source,
+                        })?,
+                };
+                res.map_err(|source| ApplyError::Sysctl {
+                    action: a.to_string(),
+                    source,
+                })
+            }
+            Action::SetLinkUp { side, ifname } => {
+                let index = self.index_of(*side, ifname, a).await?;
+                let mut m = LinkMessage::default();
+                m.header.index = index;
+                m.header.flags = LinkFlags::Up;
+                m.header.change_mask = LinkFlags::Up;
+                let h = match side {
+                    Side::Node => self.node,
+                    Side::Container => self.container(a)?.handle,
+                };
+                self.send(h, a, RouteNetlinkMessage::SetLink(m), CHANGE)
+                    .await
+            }
+            Action::DeleteContainerAddress { addr, prefix_len } => {
+                let index = self.index_of(Side::Container, CONTAINER_IFNAME, a).await?;
+                let m = address_message(index, *addr, *prefix_len);
+                let h = self.container(a)?.handle;
+                self.send(h, a, RouteNetlinkMessage::DelAddress(m), CHANGE)
+                    .await
+            }
+            Action::AddContainerAddress { addr } => {
+                let index = self.index_of(Side::Container, CONTAINER_IFNAME, a).await?;
+                let mut m = address_message(index, *addr, full_prefix(*addr));
+                if addr.is_ipv6() {
+                    m.header.flags = AddressHeaderFlags::Nodad;
+                }
+                let h = self.container(a)?.handle;
+                self.send(h, a, RouteNetlinkMessage::NewAddress(m), REPLACE)
+                    .await
+            }
+            Action::ReplaceContainerRoute(r) => {
+                let index = self.index_of(Side::Container, CONTAINER_IFNAME, a).await?;
+                let m = container_route(*r, index);
+                let h = self.container(a)?.handle;
+                self.send(h, a, RouteNetlinkMessage::NewRoute(m), REPLACE)
+                    .await
+            }
+            Action::ReplaceContainerNeighbour(n) => {
+                let index = self.index_of(Side::Container, CONTAINER_IFNAME, a).await?;
+                let mut m = NeighbourMessage::default();
+                m.header.family = family(n.ip());
+                m.header.ifindex = index;
+                m.header.state = NeighbourState::Permanent;
+                m.attributes
+                    .push(NeighbourAttribute::Destination(match n.ip() {
+                        IpAddr::V4(v) => NeighbourAddress::Inet(v),
+                        IpAddr::V6(v) => NeighbourAddress::Inet6(v),
+                    }));
+                m.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(HOST_MAC.to_vec()));
+                let h = self.container(a)?.handle;
+                self.send(h, a, RouteNetlinkMessage::NewNeighbour(m), REPLACE)
+                    .await
+            }
+            Action::ReplaceHostRoute { dst, host } => {
+                let index = self.index_of(Side::Node, host, a).await?;
+                let m = host_route(*dst, full_prefix(*dst), MAIN_TABLE, index);
+                self.send(self.node, a, RouteNetlinkMessage::NewRoute(m), REPLACE)
+                    .await
+            }
+            Action::DeleteHostRoute {
+                dst,
+                prefix_len,
+                table,
+                oif,
+            } => {
+                let m = host_route(*dst, *prefix_len, *table, *oif);
+                self.send(self.node, a, RouteNetlinkMessage::DelRoute(m), CHANGE)
+                    .await
+            }
+        }
+    }
+}
+
+fn address_message(index: u32, addr: IpAddr, prefix_len: u8) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.family = family(addr);
+    m.header.prefix_len = prefix_len;
+    m.header.index = index;
+    m.attributes.push(AddressAttribute::Local(addr));
+    m.attributes.push(AddressAttribute::Address(addr));
+    m
+}
+
+fn route_header(m: &mut RouteMessage, dst: IpAddr, prefix_len: u8, table: u32, scope: RouteScope) {
+    m.header.address_family = family(dst);
+    m.header.destination_prefix_length = prefix_len;
+    if table < 256 {
+        m.header.table = table as u8;
+    } else {
+        m.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        m.attributes.push(RouteAttribute::Table(table));
+    }
+    m.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+    m.header.scope = scope;
+    m.header.kind = RouteType::Unicast;
+}
+
+/// Our host route for `dst` through interface `oif`.
+fn host_route(dst: IpAddr, prefix_len: u8, table: u32, oif: u32) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    route_header(&mut m, dst, prefix_len, table, RouteScope::Link);
+    m.attributes.push(RouteAttribute::Destination(dst.into()));
+    m.attributes.push(RouteAttribute::Oif(oif));
+    m
+}
+
+/// One of the container's dataplane routes through eth0 (`oif`).
+fn container_route(r: ContainerRoute, oif: u32) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    match r {
+        ContainerRoute::GatewayV4 => {
+            let dst = IpAddr::V4(GATEWAY_V4);
+            route_header(&mut m, dst, 32, MAIN_TABLE, RouteScope::Link);
+            m.attributes.push(RouteAttribute::Destination(dst.into()));
+        }
+        ContainerRoute::DefaultV4 => {
+            let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            route_header(&mut m, any, 0, MAIN_TABLE, RouteScope::Universe);
+            m.attributes
+                .push(RouteAttribute::Gateway(IpAddr::V4(GATEWAY_V4).into()));
+        }
+        ContainerRoute::DefaultV6 => {
+            let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+            route_header(&mut m, any, 0, MAIN_TABLE, RouteScope::Universe);
+            m.attributes
+                .push(RouteAttribute::Gateway(IpAddr::V6(GATEWAY_V6).into()));
+        }
+    }
+    m.attributes.push(RouteAttribute::Oif(oif));
+    m
+}

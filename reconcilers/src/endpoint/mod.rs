@@ -1,0 +1,297 @@
+//! The endpoint reconciler: one container's veth pair, addresses, routes
+//! and neighbour entries (DESIGN.md, "Dataplane per endpoint").
+//!
+//! [`EndpointDataplane::ensure`] observes (netlink, by name and filtered
+//! requests only), plans ([`plan()`], pure) and applies; it then observes
+//! again and fails unless nothing is left to do. [`EndpointDataplane::remove`]
+//! deletes what `ensure` made and nothing else. [`EndpointDataplane::inventory`]
+//! is the one full dump, for the periodic resync.
+
+mod apply;
+mod model;
+mod observe;
+mod plan;
+
+pub use apply::ApplyError;
+pub use model::*;
+pub use observe::ObserveError;
+pub use plan::{is_pair, plan, PlanError, MAIN_TABLE};
+
+use crate::netns::{open_container, NetnsError, NetnsRef, NsThread};
+use crate::nl::{request, Conn, NlError};
+use crate::{HOST_IFNAME_PREFIX, ROUTE_PROTOCOL};
+use apply::{Applier, ContainerSide};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::RouteNetlinkMessage;
+use sha2::{Digest, Sha256};
+
+/// The host-side interface name of a container: `cali` and the first 11
+/// hex digits of the SHA-256 of its id (15 characters, the kernel's limit;
+/// never derived from user text directly).
+pub fn host_ifname(container_id: &str) -> String {
+    let digest = Sha256::digest(container_id.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{HOST_IFNAME_PREFIX}{}", &hex[..11])
+}
+
+/// Why an endpoint could not be reconciled.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The container's namespace is gone (process dead or pid reused).
+    #[error("container namespace gone: {0}")]
+    Gone(#[source] NetnsError),
+    /// The container's namespace could not be used.
+    #[error(transparent)]
+    Namespace(NetnsError),
+    /// A netlink connection could not be made.
+    #[error(transparent)]
+    Netlink(#[from] NlError),
+    /// Reading the kernel failed.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    /// No safe plan exists.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// An action failed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// After applying, the kernel still differs (someone changed it at the
+    /// same moment, or the kernel ignored a request).
+    #[error("the kernel still differs after applying: {}", describe(.remaining))]
+    NotConverged {
+        /// What a new plan would still do.
+        remaining: Vec<Action>,
+    },
+}
+
+impl EndpointError {
+    /// True when the container's namespace no longer exists.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Self::Gone(_))
+    }
+}
+
+impl From<NetnsError> for EndpointError {
+    fn from(e: NetnsError) -> Self {
+        if e.is_gone() {
+            Self::Gone(e)
+        } else {
+            Self::Namespace(e)
+        }
+    }
+}
+
+fn describe(actions: &[Action]) -> String {
+    actions
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What [`EndpointDataplane::ensure`] did or found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ensured {
+    /// The actions applied (or, in a dry run, that would be).
+    pub actions: Vec<Action>,
+    /// The host-side interface name.
+    pub host_ifname: String,
+    /// The container's eth0 MAC as `aa:bb:..` (unknown in a dry run that
+    /// would create the pair).
+    pub container_mac: Option<String>,
+}
+
+/// What the node has that looks like ours: for the resync, which removes
+/// links and routes no endpoint accounts for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inventory {
+    /// Veths whose name starts with [`HOST_IFNAME_PREFIX`]: (name, index).
+    pub links: Vec<(String, u32)>,
+    /// Routes with [`ROUTE_PROTOCOL`] in the main table.
+    pub routes: Vec<HostRoute>,
+}
+
+/// The endpoint reconciler, bound to the namespace it was created in (the
+/// node's). Cheap to share: one netlink connection, used concurrently.
+#[derive(Debug)]
+pub struct EndpointDataplane {
+    node: Conn,
+}
+
+fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+struct ContainerConn {
+    ns: std::fs::File,
+    thread: NsThread,
+    conn: Conn,
+}
+
+impl EndpointDataplane {
+    /// Connects to the calling thread's namespace (must run in a tokio
+    /// runtime). Everything on the node side happens there.
+    pub fn new() -> Result<Self, NlError> {
+        Ok(EndpointDataplane {
+            node: Conn::current()?,
+        })
+    }
+
+    async fn enter(&self, ns: &NetnsRef) -> Result<ContainerConn, EndpointError> {
+        let file = open_container(ns)?;
+        let thread = NsThread::spawn(&file, format!("pid {}", ns.pid)).await?;
+        let conn = Conn::in_ns(&thread).await?;
+        Ok(ContainerConn {
+            ns: file,
+            thread,
+            conn,
+        })
+    }
+
+    async fn observe_with(
+        &self,
+        spec: &EndpointSpec,
+        c: &ContainerConn,
+    ) -> Result<Observed, EndpointError> {
+        let host = host_ifname(&spec.container_id);
+        let ((host_link, nsid, host_routes), container) = futures::try_join!(
+            observe::observe_node(&self.node.handle, &host, &c.ns, spec),
+            observe::observe_container(&c.conn.handle)
+        )?;
+        let ipv6_force_forwarding = spec.ipv6.is_empty()
+            || host_link
+                .as_ref()
+                .is_none_or(|l| l.sysctls.contains_key(&Sysctl::Ipv6ForceForwarding));
+        Ok(Observed {
+            host: host_link,
+            host_routes,
+            container_nsid: nsid,
+            container,
+            ipv6_force_forwarding,
+        })
+    }
+
+    /// Reads the kernel for one endpoint.
+    pub async fn observe(&self, spec: &EndpointSpec) -> Result<Observed, EndpointError> {
+        let c = self.enter(&spec.netns).await?;
+        self.observe_with(spec, &c).await
+    }
+
+    /// Makes the kernel match `spec` (with `dry_run`, only says what it
+    /// would do). Fails with [`EndpointError::Gone`] when the container's
+    /// namespace no longer exists.
+    pub async fn ensure(
+        &self,
+        spec: &EndpointSpec,
+        dry_run: bool,
+    ) -> Result<Ensured, EndpointError> {
+        let c = self.enter(&spec.netns).await?;
+        let observed = self.observe_with(spec, &c).await?;
+        let actions = plan(spec, &observed)?;
+        let mut ensured = Ensured {
+            actions,
+            host_ifname: host_ifname(&spec.container_id),
+            container_mac: observed
+                .container
+                .eth0
+                .as_ref()
+                .and_then(|l| l.mac.as_deref())
+                .map(format_mac),
+        };
+        if dry_run || ensured.actions.is_empty() {
+            return Ok(ensured);
+        }
+        let side = ContainerSide {
+            handle: &c.conn.handle,
+            thread: &c.thread,
+            ns: &c.ns,
+        };
+        Applier::new(&self.node.handle, Some(side))
+            .apply_all(&ensured.actions)
+            .await?;
+        let after = self.observe_with(spec, &c).await?;
+        let remaining = plan(spec, &after)?;
+        if !remaining.is_empty() {
+            return Err(EndpointError::NotConverged { remaining });
+        }
+        ensured.container_mac = after
+            .container
+            .eth0
+            .as_ref()
+            .and_then(|l| l.mac.as_deref())
+            .map(format_mac);
+        Ok(ensured)
+    }
+
+    /// Removes the endpoint's dataplane: its host veth (the kernel deletes
+    /// the peer and every route through it). A link under our name that is
+    /// not a veth was not made by us and is left alone. Returns what it did
+    /// (or, with `dry_run`, would do).
+    pub async fn remove(
+        &self,
+        container_id: &str,
+        dry_run: bool,
+    ) -> Result<Vec<Action>, EndpointError> {
+        let name = host_ifname(container_id);
+        let link = observe::link_by_name(&self.node.handle, &name, Side::Node).await?;
+        let actions: Vec<Action> = match link {
+            Some(l) if l.is_veth => vec![Action::DeleteHostLink {
+                name,
+                index: l.index,
+            }],
+            Some(_) => {
+                tracing::warn!(link = %name, "a link that is not a veth has our name; left alone");
+                vec![]
+            }
+            None => vec![],
+        };
+        if !dry_run {
+            self.apply_node(&actions).await?;
+        }
+        Ok(actions)
+    }
+
+    /// Applies node-side actions only (deleting stray links and routes).
+    pub async fn apply_node(&self, actions: &[Action]) -> Result<(), EndpointError> {
+        Applier::new(&self.node.handle, None)
+            .apply_all(actions)
+            .await?;
+        Ok(())
+    }
+
+    /// Everything on the node that looks like ours (one link dump, one
+    /// route dump per family): for the resync.
+    pub async fn inventory(&self) -> Result<Inventory, EndpointError> {
+        let h = &self.node.handle;
+        let answers = request(
+            h,
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )
+        .await?;
+        let mut inv = Inventory::default();
+        for m in answers {
+            if let RouteNetlinkMessage::NewLink(l) = m {
+                let f = observe::link_facts(&l);
+                if f.is_veth && f.name.starts_with(HOST_IFNAME_PREFIX) {
+                    inv.links.push((f.name, f.index));
+                }
+            }
+        }
+        for v6 in [false, true] {
+            let routes = observe::dump_routes(h, v6, Some(ROUTE_PROTOCOL), None).await?;
+            inv.routes.extend(routes.into_iter().map(|r| HostRoute {
+                dst: r.dst,
+                prefix_len: r.prefix_len,
+                table: r.table,
+                protocol: r.protocol,
+                oif: r.oif,
+            }));
+        }
+        Ok(inv)
+    }
+}

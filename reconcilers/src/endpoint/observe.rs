@@ -1,0 +1,537 @@
+//! Reads one endpoint's dataplane from the kernel (netlink only).
+//!
+//! Cost does not grow with the number of endpoints on the node: the host
+//! link is looked up by name, our routes through it come from a dump the
+//! kernel filters (table, protocol, output interface), and each container
+//! address gets one route lookup (`RTM_F_FIB_MATCH`). Nothing here dumps
+//! all links or all routes of the node; [`super::inventory`] does, for resync.
+
+use super::model::*;
+use super::plan::MAIN_TABLE;
+use crate::nl::{request, NlError};
+use crate::ROUTE_PROTOCOL;
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, InfoKind, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::Handle;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+
+/// Failures while reading the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// Looking a link up by name failed (other than "no such device").
+    #[error("cannot read link {name} in the {side:?} namespace")]
+    Link {
+        /// Interface name.
+        name: String,
+        /// Which namespace.
+        side: Side,
+        /// The netlink error.
+        #[source]
+        source: NlError,
+    },
+    /// Asking the node for its id of the container's namespace failed.
+    #[error("cannot read the node's id for the namespace of pid {pid}")]
+    Nsid {
+        /// The container's pid.
+        pid: u32,
+        /// The netlink error.
+        #[source]
+        source: NlError,
+    },
+    /// Reading routes failed.
+    #[error("cannot read routes ({what}) in the {side:?} namespace")]
+    Routes {
+        /// Which routes.
+        what: String,
+        /// Which namespace.
+        side: Side,
+        /// The netlink error.
+        #[source]
+        source: NlError,
+    },
+    /// Reading the container's addresses failed.
+    #[error("cannot read the addresses of {ifname} in the container namespace")]
+    Addresses {
+        /// Interface name.
+        ifname: String,
+        /// The netlink error.
+        #[source]
+        source: NlError,
+    },
+    /// Reading the container's neighbour table failed.
+    #[error("cannot read the neighbours of {ifname} in the container namespace")]
+    Neighbours {
+        /// Interface name.
+        ifname: String,
+        /// The netlink error.
+        #[source]
+        source: NlError,
+    },
+}
+
+/// What one link message says, in our terms.
+#[derive(Clone, Debug)]
+pub(crate) struct LinkFacts {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+    pub is_veth: bool,
+    pub mac: Option<Vec<u8>>,
+    pub peer_index: Option<u32>,
+    pub peer_netnsid: Option<i32>,
+    pub sysctls: BTreeMap<Sysctl, i32>,
+}
+
+pub(crate) fn link_facts(msg: &LinkMessage) -> LinkFacts {
+    let mut f = LinkFacts {
+        index: msg.header.index,
+        name: String::new(),
+        up: msg.header.flags.contains(LinkFlags::Up),
+        is_veth: false,
+        mac: None,
+        peer_index: None,
+        peer_netnsid: None,
+        sysctls: BTreeMap::new(),
+    };
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::IfName(n) => f.name = n.clone(),
+            LinkAttribute::Address(m) => f.mac = Some(m.clone()),
+            LinkAttribute::Link(i) => f.peer_index = Some(*i),
+            LinkAttribute::LinkNetNsId(i) => f.peer_netnsid = Some(*i),
+            LinkAttribute::LinkInfo(infos) => {
+                f.is_veth = infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+            }
+            LinkAttribute::AfSpecUnspec(specs) => {
+                for s in specs {
+                    match s {
+                        AfSpecUnspec::Inet(v) => {
+                            for c in v {
+                                if let AfSpecInet::DevConf(c) = c {
+                                    f.sysctls.insert(Sysctl::Ipv4Forwarding, c.forwarding);
+                                    f.sysctls.insert(Sysctl::ProxyArp, c.proxy_arp);
+                                }
+                            }
+                        }
+                        AfSpecUnspec::Inet6(v) => {
+                            for c in v {
+                                if let AfSpecInet6::DevConf(c) = c {
+                                    f.sysctls.insert(Sysctl::Ipv6Forwarding, c.forwarding);
+                                    f.sysctls.insert(Sysctl::AcceptDad, c.accept_dad);
+                                    f.sysctls
+                                        .insert(Sysctl::Ipv6ForceForwarding, c.force_forwarding);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // A veth whose peer is in the same namespace reports no netns id.
+    if !f.is_veth {
+        f.peer_index = None;
+        f.peer_netnsid = None;
+    }
+    f
+}
+
+/// Looks a link up by name (one request, no dump). `None`: no such link.
+pub(crate) async fn link_by_name(
+    h: &Handle,
+    name: &str,
+    side: Side,
+) -> Result<Option<LinkFacts>, ObserveError> {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    match request(h, RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST).await {
+        Ok(answers) => Ok(answers.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(link_facts(l)),
+            _ => None,
+        })),
+        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+        Err(source) => Err(ObserveError::Link {
+            name: name.to_string(),
+            side,
+            source,
+        }),
+    }
+}
+
+/// The node's id for the namespace `ns` (`None`: it has none).
+pub(crate) async fn nsid_of(h: &Handle, ns: &File, pid: u32) -> Result<Option<i32>, ObserveError> {
+    let mut msg = NsidMessage::default();
+    msg.attributes
+        .push(NsidAttribute::Fd(ns.as_raw_fd() as u32));
+    let answers = request(h, RouteNetlinkMessage::GetNsId(msg), NLM_F_REQUEST)
+        .await
+        .map_err(|source| ObserveError::Nsid { pid, source })?;
+    for m in answers {
+        if let RouteNetlinkMessage::NewNsId(n) = m {
+            for a in n.attributes {
+                if let NsidAttribute::Id(id) = a {
+                    return Ok((id >= 0).then_some(id));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// One route, in our terms.
+#[derive(Clone, Debug)]
+pub(crate) struct RouteFacts {
+    pub dst: IpAddr,
+    pub prefix_len: u8,
+    pub table: u32,
+    pub protocol: u8,
+    pub oif: Option<u32>,
+    pub gateway: Option<IpAddr>,
+}
+
+fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    }
+}
+
+pub(crate) fn route_facts(m: &RouteMessage) -> Option<RouteFacts> {
+    let unspecified = match m.header.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let mut f = RouteFacts {
+        dst: unspecified,
+        prefix_len: m.header.destination_prefix_length,
+        table: m.header.table as u32,
+        protocol: u8::from(m.header.protocol),
+        oif: None,
+        gateway: None,
+    };
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => f.dst = route_addr(d)?,
+            RouteAttribute::Gateway(g) => f.gateway = route_addr(g),
+            RouteAttribute::Oif(i) => f.oif = Some(*i),
+            RouteAttribute::Table(t) => f.table = *t,
+            _ => {}
+        }
+    }
+    Some(f)
+}
+
+fn family_of(v6: bool) -> AddressFamily {
+    if v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    }
+}
+
+/// Dumps the main table's routes of one family, filtered by the kernel
+/// (strict checking) by protocol and output interface where given.
+pub(crate) async fn dump_routes(
+    h: &Handle,
+    v6: bool,
+    protocol: Option<u8>,
+    oif: Option<u32>,
+) -> Result<Vec<RouteFacts>, NlError> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family_of(v6);
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    if let Some(p) = protocol {
+        msg.header.protocol = RouteProtocol::from(p);
+    }
+    if let Some(i) = oif {
+        msg.attributes.push(RouteAttribute::Oif(i));
+    }
+    let answers = request(
+        h,
+        RouteNetlinkMessage::GetRoute(msg),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )
+    .await?;
+    Ok(answers
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => route_facts(r),
+            _ => None,
+        })
+        // Belt and braces, should a kernel ignore part of the filter.
+        .filter(|r| protocol.is_none_or(|p| r.protocol == p))
+        .filter(|r| oif.is_none_or(|i| r.oif == Some(i)))
+        .filter(|r| r.table == MAIN_TABLE)
+        .collect())
+}
+
+/// The routing entry the kernel would use for `addr` (`RTM_F_FIB_MATCH`),
+/// if it is a host route for exactly that address.
+pub(crate) async fn host_route_for(
+    h: &Handle,
+    addr: IpAddr,
+) -> Result<Option<RouteFacts>, NlError> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family_of(addr.is_ipv6());
+    msg.header.destination_prefix_length = full_prefix(addr);
+    msg.header.flags = RouteFlags::FibMatch;
+    msg.attributes
+        .push(RouteAttribute::Destination(addr.into()));
+    match request(h, RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST).await {
+        Ok(answers) => Ok(answers
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => route_facts(r),
+                _ => None,
+            })
+            .find(|r| r.dst == addr && r.prefix_len == full_prefix(addr))),
+        Err(e)
+            if matches!(
+                e.errno(),
+                Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH) | Some(libc::ESRCH)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn to_host_route(r: RouteFacts) -> HostRoute {
+    HostRoute {
+        dst: r.dst,
+        prefix_len: r.prefix_len,
+        table: r.table,
+        protocol: r.protocol,
+        oif: r.oif,
+    }
+}
+
+/// Observes the node side: the host link, the node's id for the
+/// container's namespace, and the routes that matter to this endpoint.
+pub(crate) async fn observe_node(
+    node: &Handle,
+    host_name: &str,
+    container_ns: &File,
+    spec: &EndpointSpec,
+) -> Result<(Option<HostLink>, Option<i32>, Vec<HostRoute>), ObserveError> {
+    let (link, nsid) = futures::join!(
+        link_by_name(node, host_name, Side::Node),
+        nsid_of(node, container_ns, spec.netns.pid)
+    );
+    let (link, nsid) = (link?, nsid?);
+    let mut routes: Vec<HostRoute> = Vec::new();
+    let lookups = futures::future::join_all(spec.addresses().map(|a| host_route_for(node, a)));
+    let ours = async {
+        match &link {
+            Some(l) => {
+                let (v4, v6) = futures::join!(
+                    dump_routes(node, false, Some(ROUTE_PROTOCOL), Some(l.index)),
+                    dump_routes(node, true, Some(ROUTE_PROTOCOL), Some(l.index))
+                );
+                Ok::<_, NlError>([v4?, v6?].concat())
+            }
+            None => Ok(vec![]),
+        }
+    };
+    let (found, ours) = futures::join!(lookups, ours);
+    for (r, addr) in found.into_iter().zip(spec.addresses()) {
+        let r = r.map_err(|source| ObserveError::Routes {
+            what: format!("lookup of {addr}"),
+            side: Side::Node,
+            source,
+        })?;
+        routes.extend(r.map(to_host_route));
+    }
+    let ours = ours.map_err(|source| ObserveError::Routes {
+        what: format!("ours through {host_name}"),
+        side: Side::Node,
+        source,
+    })?;
+    for r in ours.into_iter().map(to_host_route) {
+        if !routes.contains(&r) {
+            routes.push(r);
+        }
+    }
+    let host = link.map(|l| HostLink {
+        index: l.index,
+        is_veth: l.is_veth,
+        mac: l.mac,
+        up: l.up,
+        peer_index: l.peer_index,
+        peer_netnsid: l.peer_netnsid,
+        sysctls: l.sysctls,
+    });
+    Ok((host, nsid, routes))
+}
+
+async fn container_addresses(h: &Handle, eth0: u32) -> Result<Vec<(IpAddr, u8)>, NlError> {
+    let mut out = Vec::new();
+    for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut msg = AddressMessage::default();
+        msg.header.family = fam;
+        msg.header.index = eth0;
+        let answers = request(
+            h,
+            RouteNetlinkMessage::GetAddress(msg),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )
+        .await?;
+        for m in answers {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            if a.header.index != eth0 {
+                continue;
+            }
+            let mut local = None;
+            let mut address = None;
+            for attr in &a.attributes {
+                match attr {
+                    AddressAttribute::Local(ip) => local = Some(*ip),
+                    AddressAttribute::Address(ip) => address = Some(*ip),
+                    _ => {}
+                }
+            }
+            let Some(ip) = local.or(address) else {
+                continue;
+            };
+            // Link-local IPv6 is the kernel's, not part of the dataplane.
+            if let IpAddr::V6(v6) = ip {
+                if v6.segments()[0] & 0xffc0 == 0xfe80 {
+                    continue;
+                }
+            }
+            out.push((ip, a.header.prefix_len));
+        }
+    }
+    Ok(out)
+}
+
+async fn container_neighbours(h: &Handle, eth0: u32) -> Result<Vec<ContainerNeighbour>, NlError> {
+    let mut out = Vec::new();
+    for (fam, which) in [
+        (AddressFamily::Inet, ContainerNeighbour::GatewayV4),
+        (AddressFamily::Inet6, ContainerNeighbour::GatewayV6),
+    ] {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = fam;
+        msg.attributes.push(NeighbourAttribute::IfIndex(eth0));
+        let answers = request(
+            h,
+            RouteNetlinkMessage::GetNeighbour(msg),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )
+        .await?;
+        let found = answers.iter().any(|m| {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                return false;
+            };
+            let mut dst = None;
+            let mut lladdr = None;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
+                        dst = Some(IpAddr::V4(*v))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
+                        dst = Some(IpAddr::V6(*v))
+                    }
+                    NeighbourAttribute::LinkLayerAddress(l) => lladdr = Some(l.clone()),
+                    _ => {}
+                }
+            }
+            n.header.ifindex == eth0
+                && n.header.state == NeighbourState::Permanent
+                && dst == Some(which.ip())
+                && lladdr.as_deref() == Some(&HOST_MAC[..])
+        });
+        if found {
+            out.push(which);
+        }
+    }
+    Ok(out)
+}
+
+async fn container_routes(h: &Handle, eth0: u32) -> Result<Vec<ContainerRoute>, NlError> {
+    let (v4, v6) = futures::join!(
+        dump_routes(h, false, None, Some(eth0)),
+        dump_routes(h, true, None, Some(eth0))
+    );
+    let mut out = Vec::new();
+    for r in v4?.into_iter().chain(v6?) {
+        let which = match (r.dst, r.prefix_len, r.gateway) {
+            (IpAddr::V4(d), 32, None) if d == GATEWAY_V4 => ContainerRoute::GatewayV4,
+            (IpAddr::V4(_), 0, Some(IpAddr::V4(g))) if g == GATEWAY_V4 => ContainerRoute::DefaultV4,
+            (IpAddr::V6(_), 0, Some(IpAddr::V6(g))) if g == GATEWAY_V6 => ContainerRoute::DefaultV6,
+            _ => continue,
+        };
+        if r.oif == Some(eth0) && !out.contains(&which) {
+            out.push(which);
+        }
+    }
+    Ok(out)
+}
+
+/// Observes the container side through a connection inside its namespace.
+pub(crate) async fn observe_container(ctr: &Handle) -> Result<ContainerState, ObserveError> {
+    let (eth0, lo) = futures::join!(
+        link_by_name(ctr, CONTAINER_IFNAME, Side::Container),
+        link_by_name(ctr, "lo", Side::Container)
+    );
+    let (eth0, lo) = (eth0?, lo?);
+    let mut state = ContainerState {
+        lo_up: lo.is_some_and(|l| l.up),
+        ..Default::default()
+    };
+    if let Some(e) = eth0 {
+        let (addrs, routes, neigh) = futures::join!(
+            container_addresses(ctr, e.index),
+            container_routes(ctr, e.index),
+            container_neighbours(ctr, e.index)
+        );
+        state.addresses = addrs.map_err(|source| ObserveError::Addresses {
+            ifname: CONTAINER_IFNAME.into(),
+            source,
+        })?;
+        state.routes = routes.map_err(|source| ObserveError::Routes {
+            what: format!("through {CONTAINER_IFNAME}"),
+            side: Side::Container,
+            source,
+        })?;
+        state.neighbours = neigh.map_err(|source| ObserveError::Neighbours {
+            ifname: CONTAINER_IFNAME.into(),
+            source,
+        })?;
+        state.eth0 = Some(ContainerLink {
+            index: e.index,
+            is_veth: e.is_veth,
+            mac: e.mac,
+            up: e.up,
+            peer_index: e.peer_index,
+            sysctls: e.sysctls,
+        });
+    }
+    Ok(state)
+}

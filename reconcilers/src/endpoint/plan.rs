@@ -1,0 +1,271 @@
+//! The pure planner: desired endpoint + observed kernel state → ordered
+//! actions. No I/O; everything it needs is in its arguments.
+
+use super::host_ifname;
+use super::model::*;
+use crate::ROUTE_PROTOCOL;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// The main routing table.
+pub const MAIN_TABLE: u32 = 254;
+
+/// Why no plan can be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// A route that is not ours already claims one of the container's
+    /// addresses; replacing it would take over someone else's route.
+    #[error("address {addr} already has a route that is not ours (protocol {protocol}, table {table}, output interface {oif:?})")]
+    ForeignRoute {
+        /// The container address.
+        addr: IpAddr,
+        /// The route's protocol.
+        protocol: u8,
+        /// The route's table.
+        table: u32,
+        /// The route's output interface index.
+        oif: Option<u32>,
+    },
+}
+
+/// True when `host` and `eth0` are the two ends of one veth pair, with the
+/// host end's peer in the container's namespace.
+pub fn is_pair(host: &HostLink, eth0: &ContainerLink, container_nsid: Option<i32>) -> bool {
+    host.is_veth
+        && eth0.is_veth
+        && host.peer_index == Some(eth0.index)
+        && eth0.peer_index == Some(host.index)
+        && container_nsid.is_some()
+        && host.peer_netnsid == container_nsid
+}
+
+/// The sysctls wanted on the host side.
+fn host_sysctls(spec: &EndpointSpec, obs: &Observed) -> Vec<(Sysctl, i32)> {
+    let mut v = vec![(Sysctl::Ipv4Forwarding, 1), (Sysctl::ProxyArp, 1)];
+    if !spec.ipv6.is_empty() {
+        // Off before the link goes up, so its link-local address never
+        // waits on (or fails) duplicate address detection.
+        v.push((Sysctl::AcceptDad, 0));
+        v.push((Sysctl::Ipv6Forwarding, 1));
+        if obs.ipv6_force_forwarding {
+            v.push((Sysctl::Ipv6ForceForwarding, 1));
+        }
+    }
+    v
+}
+
+/// The sysctls wanted on the container's eth0.
+fn container_sysctls(spec: &EndpointSpec) -> Vec<(Sysctl, i32)> {
+    if spec.ipv6.is_empty() {
+        vec![]
+    } else {
+        vec![(Sysctl::AcceptDad, 0)]
+    }
+}
+
+/// Plans the actions that make the kernel match `spec`, in order.
+///
+/// Pure: the same inputs always give the same plan, and a plan applied to
+/// the state it was made from leaves nothing to do (tested by simulation).
+pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanError> {
+    let host = host_ifname(&spec.container_id);
+    let wanted: Vec<IpAddr> = spec.addresses().collect();
+
+    for addr in &wanted {
+        if let Some(r) = obs
+            .host_routes
+            .iter()
+            .find(|r| r.is_host_route_for(*addr) && r.protocol != ROUTE_PROTOCOL)
+        {
+            return Err(PlanError::ForeignRoute {
+                addr: *addr,
+                protocol: r.protocol,
+                table: r.table,
+                oif: r.oif,
+            });
+        }
+    }
+
+    let mut actions = Vec::new();
+    let pair_ok = match (&obs.host, &obs.container.eth0) {
+        (Some(h), Some(e)) => is_pair(h, e, obs.container_nsid),
+        _ => false,
+    };
+
+    // State of the links after the (re)creation step, if any.
+    let host_now: HostLink;
+    let eth0_now: ContainerLink;
+    let container_now: ContainerState;
+    // The host link index the existing routes are compared with; `None`
+    // when the link is (re)created and so every route must be (re)made.
+    let kept_index: Option<u32>;
+
+    if pair_ok {
+        host_now = obs.host.clone().expect("pair_ok implies a host link");
+        eth0_now = obs.container.eth0.clone().expect("pair_ok implies eth0");
+        container_now = obs.container.clone();
+        kept_index = Some(host_now.index);
+    } else {
+        if let Some(h) = &obs.host {
+            actions.push(Action::DeleteHostLink {
+                name: host.clone(),
+                index: h.index,
+            });
+        }
+        // An eth0 that is not the host link's peer would not go with it,
+        // and would block the new peer's name.
+        if let Some(e) = &obs.container.eth0 {
+            actions.push(Action::DeleteContainerLink { index: e.index });
+        }
+        actions.push(Action::CreateVeth { host: host.clone() });
+        host_now = HostLink {
+            index: 0,
+            is_veth: true,
+            mac: Some(HOST_MAC.to_vec()),
+            up: false,
+            peer_index: None,
+            peer_netnsid: None,
+            sysctls: Default::default(),
+        };
+        eth0_now = ContainerLink {
+            index: 0,
+            is_veth: true,
+            mac: None,
+            up: false,
+            peer_index: None,
+            sysctls: Default::default(),
+        };
+        container_now = ContainerState {
+            eth0: None,
+            lo_up: obs.container.lo_up,
+            addresses: vec![],
+            routes: vec![],
+            neighbours: vec![],
+        };
+        kept_index = None;
+    }
+
+    // Host side: MAC, sysctls (before up), up.
+    if host_now.mac.as_deref() != Some(&HOST_MAC[..]) {
+        actions.push(Action::SetHostMac { host: host.clone() });
+    }
+    for (sysctl, value) in host_sysctls(spec, obs) {
+        if host_now.sysctls.get(&sysctl) != Some(&value) {
+            actions.push(Action::SetSysctl {
+                side: Side::Node,
+                ifname: host.clone(),
+                sysctl,
+                value,
+            });
+        }
+    }
+    if !host_now.up {
+        actions.push(Action::SetLinkUp {
+            side: Side::Node,
+            ifname: host.clone(),
+        });
+    }
+
+    // Container side: sysctls (before up), eth0 and lo up.
+    for (sysctl, value) in container_sysctls(spec) {
+        if eth0_now.sysctls.get(&sysctl) != Some(&value) {
+            actions.push(Action::SetSysctl {
+                side: Side::Container,
+                ifname: CONTAINER_IFNAME.to_string(),
+                sysctl,
+                value,
+            });
+        }
+    }
+    if !eth0_now.up {
+        actions.push(Action::SetLinkUp {
+            side: Side::Container,
+            ifname: CONTAINER_IFNAME.to_string(),
+        });
+    }
+    if !container_now.lo_up {
+        actions.push(Action::SetLinkUp {
+            side: Side::Container,
+            ifname: "lo".to_string(),
+        });
+    }
+
+    // Container addresses: exactly the wanted ones, as host prefixes.
+    let want_addrs: BTreeSet<(IpAddr, u8)> = wanted.iter().map(|a| (*a, full_prefix(*a))).collect();
+    let have_addrs: BTreeSet<(IpAddr, u8)> = container_now.addresses.iter().copied().collect();
+    for (addr, prefix_len) in have_addrs.difference(&want_addrs) {
+        actions.push(Action::DeleteContainerAddress {
+            addr: *addr,
+            prefix_len: *prefix_len,
+        });
+    }
+    for (addr, _) in want_addrs.difference(&have_addrs) {
+        actions.push(Action::AddContainerAddress { addr: *addr });
+    }
+
+    // Container routes and neighbours (the gateway route before the
+    // default route that uses it).
+    let mut want_routes = vec![];
+    let mut want_neigh = vec![];
+    if !spec.ipv4.is_empty() {
+        want_routes.extend([ContainerRoute::GatewayV4, ContainerRoute::DefaultV4]);
+        want_neigh.push(ContainerNeighbour::GatewayV4);
+    }
+    if !spec.ipv6.is_empty() {
+        want_routes.push(ContainerRoute::DefaultV6);
+        want_neigh.push(ContainerNeighbour::GatewayV6);
+    }
+    for r in want_routes {
+        if !container_now.routes.contains(&r) {
+            actions.push(Action::ReplaceContainerRoute(r));
+        }
+    }
+    for n in want_neigh {
+        if !container_now.neighbours.contains(&n) {
+            actions.push(Action::ReplaceContainerNeighbour(n));
+        }
+    }
+
+    // Host routes: one of ours per address through the host link ...
+    for addr in &wanted {
+        let ok = kept_index.is_some_and(|idx| {
+            obs.host_routes.iter().any(|r| {
+                r.is_host_route_for(*addr)
+                    && r.protocol == ROUTE_PROTOCOL
+                    && r.table == MAIN_TABLE
+                    && r.oif == Some(idx)
+            })
+        });
+        if !ok {
+            actions.push(Action::ReplaceHostRoute {
+                dst: *addr,
+                host: host.clone(),
+            });
+        }
+    }
+    // ... and none of ours through it for addresses it no longer has.
+    if let Some(idx) = kept_index {
+        let mut stale: Vec<&HostRoute> = obs
+            .host_routes
+            .iter()
+            .filter(|r| {
+                r.protocol == ROUTE_PROTOCOL
+                    && r.oif == Some(idx)
+                    && !wanted
+                        .iter()
+                        .any(|a| r.is_host_route_for(*a) && r.table == MAIN_TABLE)
+            })
+            .collect();
+        stale.sort_by_key(|r| (r.dst, r.prefix_len, r.table));
+        stale.dedup();
+        for r in stale {
+            actions.push(Action::DeleteHostRoute {
+                dst: r.dst,
+                prefix_len: r.prefix_len,
+                table: r.table,
+                oif: idx,
+            });
+        }
+    }
+    Ok(actions)
+}

@@ -1,0 +1,244 @@
+//! Network namespaces as the reconcilers see them: a container's namespace
+//! named by pid *and* inode, and worker threads that live inside a namespace.
+//!
+//! Owns: the file descriptors it opens and the threads it starts. It never
+//! changes the namespace of a thread it did not start (a `setns` on a
+//! runtime thread would move unrelated work into a container).
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+/// A container's network namespace: the pid the caller was given and the
+/// inode of `/proc/<pid>/ns/net` at the time, so that a pid reused by
+/// another process (in another namespace) is detected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NetnsRef {
+    /// A process inside the namespace.
+    pub pid: u32,
+    /// The namespace's inode (`stat -L /proc/<pid>/ns/net`).
+    pub inode: u64,
+}
+
+impl NetnsRef {
+    /// The pid's current namespace: reads the inode now.
+    pub fn of_pid(pid: u32) -> Result<NetnsRef, NetnsError> {
+        let file = open_path(pid)?;
+        let inode = inode_of(&file, pid)?;
+        Ok(NetnsRef { pid, inode })
+    }
+}
+
+/// Failures around namespaces.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The process is gone, so its namespace is unreachable by pid.
+    #[error("process {pid} is gone (/proc/{pid}/ns/net cannot be opened)")]
+    ProcessGone {
+        /// The pid we were given.
+        pid: u32,
+        /// Why the open failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pid lives in another namespace than the one recorded: the
+    /// container is gone and the pid was reused.
+    #[error("process {pid} is in network namespace {found}, not {expected}: pid reused")]
+    InodeMismatch {
+        /// The pid we were given.
+        pid: u32,
+        /// The inode recorded for the container.
+        expected: u64,
+        /// The inode the pid's namespace has now.
+        found: u64,
+    },
+    /// A namespace file could not be opened or inspected.
+    #[error("cannot open network namespace {path}")]
+    Open {
+        /// The path tried.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `setns` into the namespace failed on the worker thread.
+    #[error("cannot enter network namespace {label}")]
+    Setns {
+        /// Which namespace.
+        label: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The worker thread could not be started.
+    #[error("cannot start a worker thread for network namespace {label}")]
+    Spawn {
+        /// Which namespace.
+        label: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The worker thread stopped (a job panicked) before answering.
+    #[error("worker thread of network namespace {label} stopped")]
+    ThreadGone {
+        /// Which namespace.
+        label: String,
+    },
+}
+
+impl NetnsError {
+    /// True when the error means "the container's namespace no longer exists".
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Self::ProcessGone { .. } | Self::InodeMismatch { .. })
+    }
+}
+
+fn open_path(pid: u32) -> Result<File, NetnsError> {
+    let path = format!("/proc/{pid}/ns/net");
+    File::open(&path).map_err(|source| match source.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ESRCH) => NetnsError::ProcessGone { pid, source },
+        _ => NetnsError::Open { path, source },
+    })
+}
+
+fn inode_of(file: &File, pid: u32) -> Result<u64, NetnsError> {
+    file.metadata()
+        .map(|m| m.ino())
+        .map_err(|source| NetnsError::Open {
+            path: format!("/proc/{pid}/ns/net"),
+            source,
+        })
+}
+
+/// Opens the container's namespace and checks it is still the recorded one.
+///
+/// The returned file pins the namespace: everything done through it (or
+/// through sockets created inside it) reaches exactly that namespace, even
+/// if the pid is reused meanwhile.
+pub fn open_container(ns: &NetnsRef) -> Result<File, NetnsError> {
+    let file = open_path(ns.pid)?;
+    let found = inode_of(&file, ns.pid)?;
+    if found != ns.inode {
+        return Err(NetnsError::InodeMismatch {
+            pid: ns.pid,
+            expected: ns.inode,
+            found,
+        });
+    }
+    Ok(file)
+}
+
+/// Opens the calling thread's own network namespace.
+pub fn open_current() -> Result<File, NetnsError> {
+    let path = "/proc/thread-self/ns/net";
+    File::open(path).map_err(|source| NetnsError::Open {
+        path: path.to_string(),
+        source,
+    })
+}
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// A thread that has entered one network namespace and runs jobs there:
+/// the way to create a netlink socket in a namespace and to reach its
+/// `/proc/sys/net` (which resolves against the calling thread's namespace).
+pub struct NsThread {
+    label: String,
+    tx: Option<mpsc::Sender<Job>>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for NsThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NsThread")
+            .field("label", &self.label)
+            .finish()
+    }
+}
+
+impl NsThread {
+    /// Starts a thread inside the namespace `ns` refers to.
+    pub async fn spawn(ns: &File, label: impl Into<String>) -> Result<NsThread, NetnsError> {
+        let label = label.into();
+        let fd = ns.try_clone().map_err(|source| NetnsError::Spawn {
+            label: label.clone(),
+            source,
+        })?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let join = std::thread::Builder::new()
+            .name("netns-worker".into())
+            .spawn(move || {
+                // SAFETY: setns(2) with CLONE_NEWNET only changes the network
+                // namespace of this thread, which we own and which runs
+                // nothing but the jobs sent to it; `fd` is an open nsfs file.
+                let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+                let res = if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                };
+                drop(fd);
+                let ok = res.is_ok();
+                let _ = ready_tx.send(res);
+                if ok {
+                    while let Ok(job) = rx.recv() {
+                        job();
+                    }
+                }
+            })
+            .map_err(|source| NetnsError::Spawn {
+                label: label.clone(),
+                source,
+            })?;
+        let mut t = NsThread {
+            label,
+            tx: Some(tx),
+            join: Some(join),
+        };
+        match ready_rx.await {
+            Ok(Ok(())) => Ok(t),
+            Ok(Err(source)) => Err(NetnsError::Setns {
+                label: std::mem::take(&mut t.label),
+                source,
+            }),
+            Err(_) => Err(NetnsError::ThreadGone {
+                label: std::mem::take(&mut t.label),
+            }),
+        }
+    }
+
+    /// Runs `f` on the thread (inside the namespace) and returns its result.
+    pub async fn run<R, F>(&self, f: F) -> Result<R, NetnsError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let (otx, orx) = tokio::sync::oneshot::channel();
+        let gone = || NetnsError::ThreadGone {
+            label: self.label.clone(),
+        };
+        self.tx
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(Box::new(move || {
+                let _ = otx.send(f());
+            }))
+            .map_err(|_| gone())?;
+        orx.await.map_err(|_| gone())
+    }
+}
+
+impl Drop for NsThread {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop; joining makes sure it
+        // no longer holds the namespace when we return.
+        self.tx.take();
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The thin netlink layer: one rtnetlink connection per namespace, and
+//! request helpers that turn kernel answers into values or errno errors.
+
+use crate::netns::{NetnsError, NsThread};
+use futures::StreamExt;
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
+use rtnetlink::Handle;
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+/// Failures of one netlink request.
+#[derive(Debug, thiserror::Error)]
+pub enum NlError {
+    /// The kernel refused the request.
+    #[error("kernel answered: {source}")]
+    Kernel {
+        /// The errno, as an I/O error (its message names it).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection is closed: the request could not be sent.
+    #[error("netlink connection closed")]
+    Closed,
+    /// A netlink socket could not be created or configured.
+    #[error("cannot create a netlink socket")]
+    Socket {
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The namespace the socket was to be created in could not be used.
+    #[error("cannot create a netlink socket in the namespace")]
+    Namespace {
+        /// The error.
+        #[source]
+        source: NetnsError,
+    },
+}
+
+impl NlError {
+    /// The kernel's errno, when the kernel refused.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Kernel { source } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// An rtnetlink connection bound to one namespace (the one it was created
+/// in); the background task is stopped when this is dropped.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub handle: Handle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn new_socket() -> std::io::Result<Socket> {
+    let mut s = Socket::new(NETLINK_ROUTE)?;
+    s.bind_auto()?;
+    // Strict checking makes the kernel filter dumps by the header fields
+    // and attributes we set (table, protocol, output interface) instead of
+    // silently returning everything.
+    s.set_netlink_get_strict_chk(true)?;
+    s.set_ext_ack(true)?;
+    Ok(s)
+}
+
+fn wrap(sock: Socket) -> Conn {
+    let fd = sock.into_raw_fd();
+    // SAFETY: `fd` was just released by `into_raw_fd` of a valid netlink
+    // socket, so ownership passes to the TokioSocket exactly once. We are
+    // inside a tokio runtime (callers are async), as AsyncFd requires.
+    let tokio_sock = unsafe { TokioSocket::from_raw_fd(fd) };
+    let (conn, handle, _) = rtnetlink::from_socket(tokio_sock);
+    let task = tokio::spawn(conn);
+    Conn { handle, task }
+}
+
+impl Conn {
+    /// A connection in the calling thread's network namespace.
+    pub fn current() -> Result<Conn, NlError> {
+        Ok(wrap(
+            new_socket().map_err(|source| NlError::Socket { source })?,
+        ))
+    }
+
+    /// A connection in the namespace of `thread` (the socket is created on
+    /// that thread; a netlink socket stays bound to its creator's namespace).
+    pub async fn in_ns(thread: &NsThread) -> Result<Conn, NlError> {
+        let sock = thread
+            .run(new_socket)
+            .await
+            .map_err(|source| NlError::Namespace { source })?
+            .map_err(|source| NlError::Socket { source })?;
+        Ok(wrap(sock))
+    }
+}
+
+/// Sends one request and collects the answers (an empty list for a plain
+/// acknowledgement). A kernel error ends the request with [`NlError::Kernel`].
+pub(crate) async fn request(
+    handle: &Handle,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<Vec<RouteNetlinkMessage>, NlError> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = flags;
+    let mut stream = handle.clone().request(req).map_err(|_| NlError::Closed)?;
+    let mut out = Vec::new();
+    while let Some(m) = stream.next().await {
+        match m.payload {
+            NetlinkPayload::InnerMessage(inner) => out.push(inner),
+            NetlinkPayload::Error(e) => {
+                if let Some(code) = e.code {
+                    return Err(NlError::Kernel {
+                        source: std::io::Error::from_raw_os_error(-code.get()),
+                    });
+                }
+            }
+            NetlinkPayload::Done(_) => break,
+            _ => {}
+        }
+    }
+    Ok(out)
+}
