@@ -1,0 +1,235 @@
+//! The endpoint reconciler against the real kernel, inside test namespaces
+//! (TESTING.md): build, read back, ping, repair drift, remove.
+
+use reconcilers::endpoint::{host_ifname, EndpointDataplane, EndpointSpec};
+use reconcilers::{NetnsRef, ROUTE_PROTOCOL};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use testsupport::{ping, require_root, Container, Node};
+
+fn spec(c: &Container, id: &str, n: u8) -> EndpointSpec {
+    EndpointSpec {
+        container_id: id.to_string(),
+        netns: NetnsRef {
+            pid: c.pid(),
+            inode: c.inode(),
+        },
+        ipv4: vec![Ipv4Addr::new(198, 18, 0, n)],
+        ipv6: vec![Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, n as u16)],
+    }
+}
+
+/// Runs `f` with a reconciler inside the node namespace.
+fn in_node<R: Send>(node: &Node, f: impl AsyncFnOnce(&EndpointDataplane) -> R + Send) -> R {
+    node.ns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let dp = EndpointDataplane::new().unwrap();
+            f(&dp).await
+        })
+    })
+}
+
+fn our_routes(node: &Node) -> Vec<String> {
+    let mut out = vec![];
+    for fam in ["-4", "-6"] {
+        let v = node
+            .ns
+            .ip_json(&[fam, "route", "show", "proto", &ROUTE_PROTOCOL.to_string()]);
+        for r in v.as_array().unwrap() {
+            out.push(format!(
+                "{} dev {}",
+                r["dst"].as_str().unwrap(),
+                r["dev"].as_str().unwrap()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn builds_pings_repairs_and_removes() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new("epnetns", 1);
+    let a = Container::new(&node.ns);
+    let b = Container::new(&node.ns);
+    let sa = spec(&a, "container-a", 1);
+    let sb = spec(&b, "container-b", 2);
+
+    // Build both; a second pass has nothing to do.
+    let (first, second) = in_node(&node, async |dp| {
+        let first = dp.ensure(&sa, false).await.unwrap();
+        dp.ensure(&sb, false).await.unwrap();
+        let second = dp.ensure(&sa, false).await.unwrap();
+        (first, second)
+    });
+    assert!(!first.actions.is_empty());
+    assert!(
+        second.actions.is_empty(),
+        "second pass: {:?}",
+        second.actions
+    );
+    assert!(first.container_mac.is_some());
+
+    // Read the kernel back.
+    let ha = host_ifname("container-a");
+    let hb = host_ifname("container-b");
+    let link = &node.ns.ip_json(&["-d", "link", "show", &ha])[0];
+    assert_eq!(link["address"], "ee:ee:ee:ee:ee:ee");
+    assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    assert_eq!(link["linkinfo"]["info_kind"], "veth");
+    assert_eq!(
+        node.ns.sysctl(&format!("net/ipv4/conf/{ha}/proxy_arp")),
+        "1"
+    );
+    assert_eq!(
+        node.ns.sysctl(&format!("net/ipv4/conf/{ha}/forwarding")),
+        "1"
+    );
+    assert_eq!(
+        node.ns.sysctl(&format!("net/ipv6/conf/{ha}/accept_dad")),
+        "0"
+    );
+    assert_eq!(our_routes(&node), {
+        let mut v = vec![
+            format!("198.18.0.1 dev {ha}"),
+            format!("198.18.0.2 dev {hb}"),
+            format!("2001:db8:1::1 dev {ha}"),
+            format!("2001:db8:1::2 dev {hb}"),
+        ];
+        v.sort();
+        v
+    });
+    let addrs = a.ip_json(&["addr", "show", "dev", "eth0"]);
+    let got: Vec<String> = addrs[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["scope"] == "global")
+        .map(|i| format!("{}/{}", i["local"].as_str().unwrap(), i["prefixlen"]))
+        .collect();
+    assert_eq!(got, vec!["198.18.0.1/32", "2001:db8:1::1/128"]);
+    let neigh = a.exec_ok(&["ip", "neigh", "show", "dev", "eth0"]);
+    assert!(
+        neigh.contains("169.254.1.1 lladdr ee:ee:ee:ee:ee:ee PERMANENT"),
+        "{neigh}"
+    );
+
+    // Real packets: node <-> container and container <-> container, both families.
+    let a4 = IpAddr::V4(sa.ipv4[0]);
+    let a6 = IpAddr::V6(sa.ipv6[0]);
+    let b4 = IpAddr::V4(sb.ipv4[0]);
+    let b6 = IpAddr::V6(sb.ipv6[0]);
+    assert!(ping(&node.ns, a4));
+    assert!(ping(&node.ns, a6));
+    assert!(ping(&a, IpAddr::V4(node.v4)));
+    assert!(ping(&a, IpAddr::V6(node.v6)));
+    assert!(ping(&a, b4));
+    assert!(ping(&a, b6));
+    assert!(ping(&b, a4));
+    assert!(ping(&b, a6));
+
+    // Drift: each break is repaired by one ensure.
+    let breaks: Vec<(&str, Box<dyn Fn()>)> = vec![
+        (
+            "delete host veth",
+            Box::new(|| {
+                node.ns.ip(&["link", "del", &ha]);
+            }),
+        ),
+        (
+            "delete host route",
+            Box::new(|| {
+                node.ns.ip(&["route", "del", "198.18.0.1/32"]);
+            }),
+        ),
+        (
+            "delete container address",
+            Box::new(|| {
+                a.exec_ok(&["ip", "addr", "del", "2001:db8:1::1/128", "dev", "eth0"]);
+            }),
+        ),
+        (
+            "set link down",
+            Box::new(|| {
+                node.ns.ip(&["link", "set", &ha, "down"]);
+            }),
+        ),
+        (
+            "delete container default route",
+            Box::new(|| {
+                a.exec_ok(&["ip", "route", "del", "default"]);
+            }),
+        ),
+        (
+            "route of ours via the wrong link",
+            Box::new(|| {
+                node.ns.ip(&[
+                    "route",
+                    "replace",
+                    "198.18.0.1/32",
+                    "dev",
+                    &hb,
+                    "proto",
+                    &ROUTE_PROTOCOL.to_string(),
+                ]);
+            }),
+        ),
+    ];
+    for (what, break_it) in &breaks {
+        break_it();
+        let repaired = in_node(&node, async |dp| dp.ensure(&sa, false).await.unwrap());
+        assert!(!repaired.actions.is_empty(), "{what}: nothing repaired");
+        assert!(ping(&node.ns, a4), "{what}: IPv4 after repair");
+        assert!(ping(&b, a6), "{what}: IPv6 after repair");
+    }
+
+    // Removal takes everything of a, and nothing of b.
+    let removed = in_node(&node, async |dp| {
+        dp.remove("container-a", false).await.unwrap()
+    });
+    assert_eq!(removed.len(), 1);
+    assert!(
+        node.ns
+            .ip_json(&["link", "show", "dev", &hb])
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    );
+    assert_eq!(
+        our_routes(&node),
+        vec![
+            format!("198.18.0.2 dev {hb}"),
+            format!("2001:db8:1::2 dev {hb}")
+        ]
+    );
+    assert_eq!(
+        a.ip_json(&["link", "show"]).as_array().unwrap().len(),
+        1,
+        "only lo left"
+    );
+    let again = in_node(&node, async |dp| {
+        dp.remove("container-a", false).await.unwrap()
+    });
+    assert!(again.is_empty(), "removal is idempotent");
+    assert!(ping(&node.ns, b4));
+}
+
+#[test]
+fn gone_container_is_reported_as_gone() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new("epgone", 2);
+    let mut c = Container::new(&node.ns);
+    let s = spec(&c, "gone", 9);
+    c.kill();
+    let err = in_node(&node, async |dp| dp.ensure(&s, false).await.unwrap_err());
+    assert!(err.is_gone(), "{err}");
+}
