@@ -30,6 +30,13 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     /// How long a request waits for the datastore before failing.
     pub store_timeout: Duration,
+    /// How long isolate and cleanup wait for the dataplane before failing.
+    pub isolate_timeout: Duration,
+    /// How often the daemon re-checks every endpoint and our kernel objects.
+    pub resync_interval: Duration,
+    /// How long an endpoint whose container is gone is kept before its
+    /// interface is removed and its addresses are released.
+    pub orphan_grace: Duration,
 }
 
 /// The file's form: every key optional, nothing else allowed.
@@ -42,6 +49,9 @@ struct FileConfig {
     log_level: Option<String>,
     log_file: Option<String>,
     store_timeout: Option<String>,
+    isolate_timeout: Option<String>,
+    resync_interval: Option<String>,
+    orphan_grace: Option<String>,
 }
 
 /// Errors of configuration.
@@ -129,6 +139,9 @@ impl Config {
                 "LOG_LEVEL" => &mut file.log_level,
                 "LOG_FILE" => &mut file.log_file,
                 "STORE_TIMEOUT" => &mut file.store_timeout,
+                "ISOLATE_TIMEOUT" => &mut file.isolate_timeout,
+                "RESYNC_INTERVAL" => &mut file.resync_interval,
+                "ORPHAN_GRACE" => &mut file.orphan_grace,
                 _ => return Err(ConfigError::UnknownVariable(name.clone())),
             };
             *slot = Some(value.clone());
@@ -148,14 +161,31 @@ impl Config {
                 None => tracing::Level::INFO,
             },
             log_file: non_empty("log_file", file.log_file)?.map(PathBuf::from),
-            store_timeout: match file.store_timeout {
-                Some(text) => parse_duration(&text).map_err(|message| ConfigError::BadValue {
-                    key: "store_timeout",
-                    message,
-                })?,
-                None => Duration::from_secs(5),
-            },
+            store_timeout: duration("store_timeout", file.store_timeout, 5)?,
+            isolate_timeout: duration("isolate_timeout", file.isolate_timeout, 30)?,
+            resync_interval: duration("resync_interval", file.resync_interval, 60)?,
+            orphan_grace: duration("orphan_grace", file.orphan_grace, 60)?,
         })
+    }
+}
+
+/// A duration key: its value parsed, or `default_secs` when unset; zero is
+/// refused (a zero timeout or interval would make no sense).
+fn duration(
+    key: &'static str,
+    value: Option<String>,
+    default_secs: u64,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = value else {
+        return Ok(Duration::from_secs(default_secs));
+    };
+    match parse_duration(&text) {
+        Ok(d) if d.is_zero() => Err(ConfigError::BadValue {
+            key,
+            message: "must be greater than zero".into(),
+        }),
+        Ok(d) => Ok(d),
+        Err(message) => Err(ConfigError::BadValue { key, message }),
     }
 }
 

@@ -10,7 +10,7 @@
 use crate::store::{self, keys, Commit, Store, StoreError, Txn, Versioned};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Identity of a container's network namespace: a pid inside it and the
 /// namespace's inode, so a reused pid is never mistaken for the container.
@@ -57,6 +57,10 @@ pub struct Endpoint {
     /// The task's labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Who held each address when the intent was recorded (the allocating
+    /// uid): removal releases an address only while that uid still holds it.
+    #[serde(default)]
+    pub holders: BTreeMap<IpAddr, String>,
     /// Grows by one with every change of intent.
     pub generation: u64,
     /// Set by cleanup: remove everything, then the record.

@@ -19,7 +19,7 @@ const KINDS: [(u32, u32); 6] = [(1, 0), (0, 1), (1, 1), (2, 0), (0, 2), (2, 1)];
 /// Two agents share the store (as two nodes share etcd), so blocks are also
 /// claimed concurrently.
 fn node_of(thread: usize) -> &'static str {
-    if thread % 2 == 0 {
+    if thread.is_multiple_of(2) {
         "agent-a"
     } else {
         "agent-b"

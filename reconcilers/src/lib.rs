@@ -6,6 +6,7 @@
 //! namespaces.
 
 pub mod endpoint;
+pub mod events;
 pub mod netns;
 mod nl;
 
@@ -19,3 +20,8 @@ pub const ROUTE_PROTOCOL: u8 = 81;
 
 /// Every host-side interface we make starts with this.
 pub const HOST_IFNAME_PREFIX: &str = "cali";
+
+/// The interface alias (`ip link show` prints it) set on every host-side
+/// veth we bring up: how the resync tells our links from anyone else's
+/// `cali*` links (Calico's Felix names its veths the same way).
+pub const OWNER_ALIAS: &str = "calico-mesos";

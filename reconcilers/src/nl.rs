@@ -3,7 +3,7 @@
 
 use crate::netns::{NetnsError, NsThread};
 use futures::StreamExt;
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
 use rtnetlink::Handle;
@@ -52,7 +52,10 @@ impl NlError {
 /// in); the background task is stopped when this is dropped.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    pub handle: Handle,
+    handle: Handle,
+    /// The kernel runs one dump per socket at a time (a second one gets
+    /// EBUSY): dumps take turns, other requests go concurrently.
+    dump_turn: tokio::sync::Mutex<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -81,7 +84,11 @@ fn wrap(sock: Socket) -> Conn {
     let tokio_sock = unsafe { TokioSocket::from_raw_fd(fd) };
     let (conn, handle, _) = rtnetlink::from_socket(tokio_sock);
     let task = tokio::spawn(conn);
-    Conn { handle, task }
+    Conn {
+        handle,
+        dump_turn: tokio::sync::Mutex::new(()),
+        task,
+    }
 }
 
 impl Conn {
@@ -107,13 +114,22 @@ impl Conn {
 /// Sends one request and collects the answers (an empty list for a plain
 /// acknowledgement). A kernel error ends the request with [`NlError::Kernel`].
 pub(crate) async fn request(
-    handle: &Handle,
+    conn: &Conn,
     msg: RouteNetlinkMessage,
     flags: u16,
 ) -> Result<Vec<RouteNetlinkMessage>, NlError> {
+    let _turn = if flags & NLM_F_DUMP != 0 {
+        Some(conn.dump_turn.lock().await)
+    } else {
+        None
+    };
     let mut req = NetlinkMessage::from(msg);
     req.header.flags = flags;
-    let mut stream = handle.clone().request(req).map_err(|_| NlError::Closed)?;
+    let mut stream = conn
+        .handle
+        .clone()
+        .request(req)
+        .map_err(|_| NlError::Closed)?;
     let mut out = Vec::new();
     while let Some(m) = stream.next().await {
         match m.payload {

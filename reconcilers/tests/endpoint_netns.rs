@@ -135,7 +135,8 @@ fn builds_pings_repairs_and_removes() {
     assert!(ping(&b, a6));
 
     // Drift: each break is repaired by one ensure.
-    let breaks: Vec<(&str, Box<dyn Fn()>)> = vec![
+    type Break<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let breaks: Vec<Break> = vec![
         (
             "delete host veth",
             Box::new(|| {

@@ -1,15 +1,19 @@
 //! Command-line front end: argument definitions and one small function per
 //! command. Commands print to stdout; logs go to stderr.
 
+pub mod daemon;
 pub mod ipam;
 pub mod plugin;
 pub mod pool;
+pub mod reconcile;
+pub mod status;
 
 use calico_mesos::config::Config;
 use calico_mesos::store::{self, Store};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// IP-per-container networking for Apache Mesos agents.
 ///
@@ -38,6 +42,23 @@ pub enum Command {
     /// Inspect the desired-state store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Run this node's reconcile loop until SIGTERM (graceful: finishes the
+    /// reconciles in progress, leaves the dataplane in place).
+    Daemon,
+    /// Reconcile every endpoint of this node once and exit (at boot, after
+    /// an outage); exit status 1 if any failed.
+    Reconcile {
+        /// Only print what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show this node's endpoints: interface, addresses, netgroups, phase,
+    /// age of the last reconcile.
+    Status {
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = ipam::Output::Table)]
+        output: ipam::Output,
+    },
 }
 
 /// Store inspection.
@@ -52,11 +73,14 @@ pub fn run(config_path: Option<&Path>, command: Command) -> ExitCode {
     let result = (|| {
         let config = Config::load(config_path)?;
         init_logging(&config, false);
-        let store = store::open(&config.datastore, config.store_timeout)?;
+        let store: Arc<dyn Store> = store::open(&config.datastore, config.store_timeout)?.into();
         match command {
             Command::Pool(cmd) => pool::run(store.as_ref(), cmd),
             Command::Ipam(cmd) => ipam::run(store.as_ref(), cmd),
             Command::Store(StoreCommand::Dump) => dump(store.as_ref()),
+            Command::Daemon => daemon::run(&config, store),
+            Command::Reconcile { dry_run } => reconcile::run(&config, store, dry_run),
+            Command::Status { output } => status::run(&config, store.as_ref(), output),
         }
     })();
     match result {

@@ -4,5 +4,12 @@
 //! one key twice at once, with per-key backoff on failure. This module owns
 //! the runtime only; what a reconcile does lives with the object it serves.
 
+pub mod converge;
+pub mod daemon;
+pub mod index;
+pub mod kick;
+pub mod lock;
+pub mod loop_status;
+pub mod reconcile;
 pub mod runner;
 pub mod scheduler;

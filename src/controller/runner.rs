@@ -4,6 +4,7 @@
 //! hints: the reconcile function reads the truth itself (level-triggered).
 
 use super::scheduler::Scheduler;
+use futures::FutureExt;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
@@ -60,7 +61,14 @@ pub async fn run<K, F, Fut>(
             };
             in_run.insert(key.clone(), waiting.remove(&key).unwrap_or_default());
             let run = reconcile(key.clone());
-            tasks.spawn(async move { (key, run.await) });
+            tasks.spawn(async move {
+                // A panic is a failed run of this key, not a lost key.
+                let result = std::panic::AssertUnwindSafe(run)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err("the reconcile panicked".to_string()));
+                (key, result)
+            });
         }
         if !open && tasks.is_empty() {
             return;

@@ -10,7 +10,7 @@ use super::draft::Draft;
 use super::pools::{commit, default_pools, list_pools, DEFAULT_POOLS};
 use super::{family_name, with_retries, IpPool, IpamError};
 use crate::store::{keys, Store, Versioned};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 /// What one allocation asks for.
@@ -104,6 +104,53 @@ pub fn release_addresses(store: &dyn Store, addrs: &[IpAddr]) -> Result<Vec<IpAd
             }
         }
         commit(store, &draft.into_txn())?;
+        Ok(released)
+    })
+}
+
+/// Who holds each of `addrs` (the allocating uid); addresses that are not
+/// allocated, or in no pool, are left out.
+pub fn holders(store: &dyn Store, addrs: &[IpAddr]) -> Result<BTreeMap<IpAddr, String>, IpamError> {
+    let pools = list_pools(store)?;
+    let mut draft = Draft::new(store);
+    let mut out = BTreeMap::new();
+    for &addr in addrs {
+        let Some(pool) = pool_of(&pools, addr) else {
+            continue;
+        };
+        let key = keys::block(&pool.block_of(addr));
+        if let Some(uid) = draft.block(&key)?.and_then(|b| b.holder(addr)) {
+            out.insert(addr, uid.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Release each address only while it is still held by the uid given for
+/// it: an address released meanwhile and handed to someone else is never
+/// taken away from them. Returns those released.
+pub fn release_held(
+    store: &dyn Store,
+    held: &BTreeMap<IpAddr, String>,
+) -> Result<Vec<IpAddr>, IpamError> {
+    with_retries(|| {
+        let pools = list_pools(store)?;
+        let mut draft = Draft::new(store);
+        let mut released = Vec::new();
+        for (&addr, uid) in held {
+            let Some(pool) = pool_of(&pools, addr) else {
+                continue;
+            };
+            let key = keys::block(&pool.block_of(addr));
+            if draft.block(&key)?.and_then(|b| b.holder(addr)) == Some(uid.as_str())
+                && draft.free(&key, addr)?
+            {
+                released.push(addr);
+            }
+        }
+        if !released.is_empty() {
+            commit(store, &draft.into_txn())?;
+        }
         Ok(released)
     })
 }

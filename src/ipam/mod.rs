@@ -15,7 +15,9 @@ mod pool;
 mod pools;
 mod report;
 
-pub use assign::{allocate, release_addresses, release_handle, reserve, Assigned, Request};
+pub use assign::{
+    allocate, holders, release_addresses, release_handle, release_held, reserve, Assigned, Request,
+};
 pub use block::Block;
 pub use pool::{IpPool, DEFAULT_V4_BLOCK_SIZE, DEFAULT_V6_BLOCK_SIZE};
 pub use pools::{add_pool, list_pools, remove_pool, DEFAULT_POOLS};

@@ -3,15 +3,17 @@
 //! it turns a checked request into calls on the protocol-free API (IPAM,
 //! endpoints) and never writes anything before the request is valid.
 
+mod dataplane;
 pub mod labels;
 pub mod request;
 
 use crate::config::Config;
 use crate::ipam::{self, Assigned};
-use crate::store::{self, keys, Store};
+use crate::store::{self, Store};
 pub use request::{parse, Request};
 use serde_json::{json, Value};
 use std::io::Read;
+use std::sync::Arc;
 
 /// The largest request read from stdin; net-modules' requests are tiny.
 pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
@@ -73,12 +75,13 @@ pub fn answer(input: &[u8], config: impl FnOnce() -> Result<Config, String>) -> 
         Ok(store) => store,
         Err(e) => return Answer::error(e.to_string()),
     };
-    execute(store.as_ref(), &config, request)
+    execute(&Arc::from(store), &config, request)
 }
 
 /// Carry out a checked request against the store.
-pub fn execute(store: &dyn Store, config: &Config, request: Request) -> Answer {
+pub fn execute(shared: &Arc<dyn Store>, config: &Config, request: Request) -> Answer {
     let node = config.nodename.as_str();
+    let store = shared.as_ref();
     let result = match request {
         Request::Allocate(args) => allocate(store, node, &args),
         Request::Reserve(args) => ipam::reserve(
@@ -98,11 +101,8 @@ pub fn execute(store: &dyn Store, config: &Config, request: Request) -> Answer {
         Request::Release(request::Release::Ips(ips)) => ipam::release_addresses(store, &ips)
             .map(|_| Answer::ok(json!({})))
             .map_err(|e| e.to_string()),
-        Request::Isolate(args) => Err(format!(
-            "Cannot isolate container '{}': this build of calico-mesos manages addresses only; container networking (isolate) is not available yet.",
-            request::echo(&args.container_id)
-        )),
-        Request::Cleanup(args) => cleanup(store, node, &args),
+        Request::Isolate(args) => dataplane::isolate(shared, config, &args),
+        Request::Cleanup(args) => dataplane::cleanup(shared, config, &args),
     };
     result.unwrap_or_else(Answer::error)
 }
@@ -121,16 +121,4 @@ fn allocate(store: &dyn Store, node: &str, args: &request::Allocate) -> Result<A
     )
     .map_err(|e| e.to_string())?;
     Ok(Answer::ok(json!({ "ipv4": ipv4, "ipv6": ipv6 })))
-}
-
-fn cleanup(store: &dyn Store, node: &str, args: &request::Cleanup) -> Result<Answer, String> {
-    let key = keys::endpoint(node, &args.container_id);
-    match store.get(&key).map_err(|e| e.to_string())? {
-        // Nothing was ever configured for it: cleanups are idempotent.
-        None => Ok(Answer::ok(json!({}))),
-        Some(_) => Err(format!(
-            "Cannot clean up container '{}': container networking is not available in this build.",
-            request::echo(&args.container_id)
-        )),
-    }
 }

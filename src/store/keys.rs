@@ -22,6 +22,13 @@ pub const ENDPOINTS: &str = "endpoint/";
 pub const PROFILES: &str = "profile/";
 /// Prefix of nodes: `node/<name>`.
 pub const NODES: &str = "node/";
+/// Prefix of each node's reconcile-loop status (`loop/<node>`).
+pub const LOOPS: &str = "loop/";
+
+/// Key of a node's reconcile-loop status.
+pub fn loop_status(node: &str) -> String {
+    format!("{LOOPS}{}", escape(node))
+}
 
 /// Escape outside text for use as one key segment: bytes outside
 /// `[A-Za-z0-9._:-]` become `%XX`.

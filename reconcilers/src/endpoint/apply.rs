@@ -5,6 +5,7 @@ use super::model::*;
 use super::observe::link_by_name;
 use super::plan::MAIN_TABLE;
 use crate::netns::{NetnsError, NsThread};
+use crate::nl::Conn;
 use crate::nl::{request, NlError};
 use crate::ROUTE_PROTOCOL;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
@@ -19,7 +20,6 @@ use netlink_packet_route::route::{
     RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::Handle;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
@@ -73,7 +73,7 @@ pub enum ApplyError {
 /// The container's namespace, as the applier reaches it.
 pub(crate) struct ContainerSide<'a> {
     /// A connection inside it.
-    pub handle: &'a Handle,
+    pub handle: &'a Conn,
     /// A thread inside it (for sysctls).
     pub thread: &'a NsThread,
     /// The namespace file (for creating the veth peer straight inside it).
@@ -84,7 +84,7 @@ pub(crate) struct ContainerSide<'a> {
 /// given, the container's; link indexes are looked up by name once and
 /// remembered.
 pub(crate) struct Applier<'a> {
-    node: &'a Handle,
+    node: &'a Conn,
     container: Option<ContainerSide<'a>>,
     host_index: Option<u32>,
     eth0_index: Option<u32>,
@@ -103,7 +103,7 @@ fn family(addr: IpAddr) -> AddressFamily {
 
 impl<'a> Applier<'a> {
     /// An applier for the node namespace and, optionally, a container's.
-    pub fn new(node: &'a Handle, container: Option<ContainerSide<'a>>) -> Self {
+    pub fn new(node: &'a Conn, container: Option<ContainerSide<'a>>) -> Self {
         Applier {
             node,
             container,
@@ -130,7 +130,7 @@ impl<'a> Applier<'a> {
 
     async fn send(
         &self,
-        h: &Handle,
+        h: &Conn,
         a: &Action,
         msg: RouteNetlinkMessage,
         flags: u16,
@@ -266,6 +266,10 @@ impl<'a> Applier<'a> {
                 m.header.index = index;
                 m.header.flags = LinkFlags::Up;
                 m.header.change_mask = LinkFlags::Up;
+                if *side == Side::Node {
+                    m.attributes
+                        .push(LinkAttribute::IfAlias(crate::OWNER_ALIAS.to_string()));
+                }
                 let h = match side {
                     Side::Node => self.node,
                     Side::Container => self.container(a)?.handle,

@@ -9,7 +9,7 @@
 
 mod apply;
 mod model;
-mod observe;
+pub(crate) mod observe;
 mod plan;
 
 pub use apply::ApplyError;
@@ -106,7 +106,8 @@ pub struct Ensured {
 /// links and routes no endpoint accounts for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
-    /// Veths whose name starts with [`HOST_IFNAME_PREFIX`]: (name, index).
+    /// Veths whose name starts with [`HOST_IFNAME_PREFIX`] and whose alias
+    /// is [`crate::OWNER_ALIAS`]: (name, index).
     pub links: Vec<(String, u32)>,
     /// Routes with [`ROUTE_PROTOCOL`] in the main table.
     pub routes: Vec<HostRoute>,
@@ -159,8 +160,8 @@ impl EndpointDataplane {
     ) -> Result<Observed, EndpointError> {
         let host = host_ifname(&spec.container_id);
         let ((host_link, nsid, host_routes), container) = futures::try_join!(
-            observe::observe_node(&self.node.handle, &host, &c.ns, spec),
-            observe::observe_container(&c.conn.handle)
+            observe::observe_node(&self.node, &host, &c.ns, spec),
+            observe::observe_container(&c.conn)
         )?;
         let ipv6_force_forwarding = spec.ipv6.is_empty()
             || host_link
@@ -206,11 +207,11 @@ impl EndpointDataplane {
             return Ok(ensured);
         }
         let side = ContainerSide {
-            handle: &c.conn.handle,
+            handle: &c.conn,
             thread: &c.thread,
             ns: &c.ns,
         };
-        Applier::new(&self.node.handle, Some(side))
+        Applier::new(&self.node, Some(side))
             .apply_all(&ensured.actions)
             .await?;
         let after = self.observe_with(spec, &c).await?;
@@ -237,7 +238,7 @@ impl EndpointDataplane {
         dry_run: bool,
     ) -> Result<Vec<Action>, EndpointError> {
         let name = host_ifname(container_id);
-        let link = observe::link_by_name(&self.node.handle, &name, Side::Node).await?;
+        let link = observe::link_by_name(&self.node, &name, Side::Node).await?;
         let actions: Vec<Action> = match link {
             Some(l) if l.is_veth => vec![Action::DeleteHostLink {
                 name,
@@ -257,16 +258,14 @@ impl EndpointDataplane {
 
     /// Applies node-side actions only (deleting stray links and routes).
     pub async fn apply_node(&self, actions: &[Action]) -> Result<(), EndpointError> {
-        Applier::new(&self.node.handle, None)
-            .apply_all(actions)
-            .await?;
+        Applier::new(&self.node, None).apply_all(actions).await?;
         Ok(())
     }
 
     /// Everything on the node that looks like ours (one link dump, one
     /// route dump per family): for the resync.
     pub async fn inventory(&self) -> Result<Inventory, EndpointError> {
-        let h = &self.node.handle;
+        let h = &self.node;
         let answers = request(
             h,
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
@@ -277,7 +276,8 @@ impl EndpointDataplane {
         for m in answers {
             if let RouteNetlinkMessage::NewLink(l) = m {
                 let f = observe::link_facts(&l);
-                if f.is_veth && f.name.starts_with(HOST_IFNAME_PREFIX) {
+                let ours = f.alias.as_deref() == Some(crate::OWNER_ALIAS);
+                if ours && f.is_veth && f.name.starts_with(HOST_IFNAME_PREFIX) {
                     inv.links.push((f.name, f.index));
                 }
             }

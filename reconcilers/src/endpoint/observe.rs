@@ -8,6 +8,7 @@
 
 use super::model::*;
 use super::plan::MAIN_TABLE;
+use crate::nl::Conn;
 use crate::nl::{request, NlError};
 use crate::ROUTE_PROTOCOL;
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
@@ -24,7 +25,6 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::Handle;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -89,6 +89,7 @@ pub enum ObserveError {
 pub(crate) struct LinkFacts {
     pub index: u32,
     pub name: String,
+    pub alias: Option<String>,
     pub up: bool,
     pub is_veth: bool,
     pub mac: Option<Vec<u8>>,
@@ -101,6 +102,7 @@ pub(crate) fn link_facts(msg: &LinkMessage) -> LinkFacts {
     let mut f = LinkFacts {
         index: msg.header.index,
         name: String::new(),
+        alias: None,
         up: msg.header.flags.contains(LinkFlags::Up),
         is_veth: false,
         mac: None,
@@ -111,6 +113,7 @@ pub(crate) fn link_facts(msg: &LinkMessage) -> LinkFacts {
     for a in &msg.attributes {
         match a {
             LinkAttribute::IfName(n) => f.name = n.clone(),
+            LinkAttribute::IfAlias(a) => f.alias = Some(a.clone()),
             LinkAttribute::Address(m) => f.mac = Some(m.clone()),
             LinkAttribute::Link(i) => f.peer_index = Some(*i),
             LinkAttribute::LinkNetNsId(i) => f.peer_netnsid = Some(*i),
@@ -157,7 +160,7 @@ pub(crate) fn link_facts(msg: &LinkMessage) -> LinkFacts {
 
 /// Looks a link up by name (one request, no dump). `None`: no such link.
 pub(crate) async fn link_by_name(
-    h: &Handle,
+    h: &Conn,
     name: &str,
     side: Side,
 ) -> Result<Option<LinkFacts>, ObserveError> {
@@ -178,7 +181,7 @@ pub(crate) async fn link_by_name(
 }
 
 /// The node's id for the namespace `ns` (`None`: it has none).
-pub(crate) async fn nsid_of(h: &Handle, ns: &File, pid: u32) -> Result<Option<i32>, ObserveError> {
+pub(crate) async fn nsid_of(h: &Conn, ns: &File, pid: u32) -> Result<Option<i32>, ObserveError> {
     let mut msg = NsidMessage::default();
     msg.attributes
         .push(NsidAttribute::Fd(ns.as_raw_fd() as u32));
@@ -253,7 +256,7 @@ fn family_of(v6: bool) -> AddressFamily {
 /// Dumps the main table's routes of one family, filtered by the kernel
 /// (strict checking) by protocol and output interface where given.
 pub(crate) async fn dump_routes(
-    h: &Handle,
+    h: &Conn,
     v6: bool,
     protocol: Option<u8>,
     oif: Option<u32>,
@@ -288,10 +291,7 @@ pub(crate) async fn dump_routes(
 
 /// The routing entry the kernel would use for `addr` (`RTM_F_FIB_MATCH`),
 /// if it is a host route for exactly that address.
-pub(crate) async fn host_route_for(
-    h: &Handle,
-    addr: IpAddr,
-) -> Result<Option<RouteFacts>, NlError> {
+pub(crate) async fn host_route_for(h: &Conn, addr: IpAddr) -> Result<Option<RouteFacts>, NlError> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = family_of(addr.is_ipv6());
     msg.header.destination_prefix_length = full_prefix(addr);
@@ -331,7 +331,7 @@ fn to_host_route(r: RouteFacts) -> HostRoute {
 /// Observes the node side: the host link, the node's id for the
 /// container's namespace, and the routes that matter to this endpoint.
 pub(crate) async fn observe_node(
-    node: &Handle,
+    node: &Conn,
     host_name: &str,
     container_ns: &File,
     spec: &EndpointSpec,
@@ -386,7 +386,7 @@ pub(crate) async fn observe_node(
     Ok((host, nsid, routes))
 }
 
-async fn container_addresses(h: &Handle, eth0: u32) -> Result<Vec<(IpAddr, u8)>, NlError> {
+async fn container_addresses(h: &Conn, eth0: u32) -> Result<Vec<(IpAddr, u8)>, NlError> {
     let mut out = Vec::new();
     for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut msg = AddressMessage::default();
@@ -429,7 +429,7 @@ async fn container_addresses(h: &Handle, eth0: u32) -> Result<Vec<(IpAddr, u8)>,
     Ok(out)
 }
 
-async fn container_neighbours(h: &Handle, eth0: u32) -> Result<Vec<ContainerNeighbour>, NlError> {
+async fn container_neighbours(h: &Conn, eth0: u32) -> Result<Vec<ContainerNeighbour>, NlError> {
     let mut out = Vec::new();
     for (fam, which) in [
         (AddressFamily::Inet, ContainerNeighbour::GatewayV4),
@@ -474,7 +474,7 @@ async fn container_neighbours(h: &Handle, eth0: u32) -> Result<Vec<ContainerNeig
     Ok(out)
 }
 
-async fn container_routes(h: &Handle, eth0: u32) -> Result<Vec<ContainerRoute>, NlError> {
+async fn container_routes(h: &Conn, eth0: u32) -> Result<Vec<ContainerRoute>, NlError> {
     let (v4, v6) = futures::join!(
         dump_routes(h, false, None, Some(eth0)),
         dump_routes(h, true, None, Some(eth0))
@@ -495,7 +495,7 @@ async fn container_routes(h: &Handle, eth0: u32) -> Result<Vec<ContainerRoute>, 
 }
 
 /// Observes the container side through a connection inside its namespace.
-pub(crate) async fn observe_container(ctr: &Handle) -> Result<ContainerState, ObserveError> {
+pub(crate) async fn observe_container(ctr: &Conn) -> Result<ContainerState, ObserveError> {
     let (eth0, lo) = futures::join!(
         link_by_name(ctr, CONTAINER_IFNAME, Side::Container),
         link_by_name(ctr, "lo", Side::Container)

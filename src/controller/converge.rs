@@ -1,0 +1,89 @@
+//! Getting one endpoint reconciled *now*, for a front end that waits on it:
+//! ask the node's daemon (a kick), or, when no daemon runs, reconcile in
+//! this process under the node lock. Either way the same
+//! [`reconcile_endpoint`](super::reconcile::reconcile_endpoint) runs.
+
+use super::kick::{kick, KickError};
+use super::lock::NodeLock;
+use super::reconcile::{reconcile_endpoint, NodeContext};
+use crate::config::Config;
+use crate::store::Store;
+use reconcilers::endpoint::EndpointDataplane;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Who reconciled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciler {
+    /// The node's daemon, after a kick.
+    Daemon,
+    /// This process, holding the node lock.
+    Inline,
+}
+
+/// Why the endpoint could not be reconciled in time.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvergeError {
+    /// The deadline passed.
+    #[error("no reconcile finished within {0:?}")]
+    Timeout(Duration),
+    /// The daemon could not be asked, or the inline reconcile failed.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Has `container_id`'s endpoint reconciled before `deadline`; the status
+/// in the store then shows the result.
+pub fn converge(
+    store: &Arc<dyn Store>,
+    config: &Config,
+    container_id: &str,
+    timeout: Duration,
+) -> Result<Reconciler, ConvergeError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ConvergeError::Timeout(timeout));
+        }
+        match kick(&config.run_dir, container_id, left) {
+            Ok(()) => return Ok(Reconciler::Daemon),
+            Err(KickError::NoDaemon(_)) => {}
+            // A daemon that is stopping refuses; it releases the lock soon.
+            Err(KickError::Refused(why)) => tracing::debug!(%why, "daemon refused a kick"),
+            Err(KickError::Timeout(t)) => return Err(ConvergeError::Timeout(t)),
+            Err(e) => return Err(ConvergeError::Other(e.into())),
+        }
+        if let Some(lock) = NodeLock::try_acquire(&config.run_dir).map_err(anyhow::Error::from)? {
+            inline(store, config, container_id, left)?;
+            drop(lock);
+            return Ok(Reconciler::Inline);
+        }
+        // A daemon is starting or another process reconciles: try again.
+        std::thread::sleep(Duration::from_millis(2).min(left));
+    }
+}
+
+fn inline(
+    store: &Arc<dyn Store>,
+    config: &Config,
+    container_id: &str,
+    timeout: Duration,
+) -> Result<(), ConvergeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)?;
+    runtime.block_on(async {
+        let ctx = NodeContext {
+            store: store.clone(),
+            node: config.nodename.clone(),
+            dataplane: EndpointDataplane::new().map_err(anyhow::Error::from)?,
+            orphan_grace: config.orphan_grace,
+        };
+        match tokio::time::timeout(timeout, reconcile_endpoint(&ctx, container_id, false)).await {
+            Ok(result) => result.map(drop).map_err(ConvergeError::Other),
+            Err(_) => Err(ConvergeError::Timeout(timeout)),
+        }
+    })
+}

@@ -1,0 +1,470 @@
+//! `calico-mesos daemon`: the node's reconcile loop, running until told to
+//! stop. Triggers come from kicks (plugin processes), store changes,
+//! kernel events (node and container namespaces), container exits, and a
+//! periodic resync; the runner reconciles each endpoint they name.
+//!
+//! A graceful stop finishes the reconciles in progress and leaves the
+//! dataplane in place.
+
+use super::index::OwnerIndex;
+use super::kick::{self, KickReply, KickRequest};
+use super::lock::NodeLock;
+use super::loop_status::{self, LoopStatus};
+use super::reconcile::{list_and_sweep, reconcile_endpoint, NodeContext, Outcome};
+use super::runner::{self, Trigger};
+use crate::config::Config;
+use crate::endpoint::{self, Endpoint, NetnsId};
+use crate::store::{self, keys, Change, Store, StoreError};
+use anyhow::Context as _;
+use reconcilers::endpoint::{Action, EndpointDataplane};
+use reconcilers::events::{Events, KernelEvent, ProcessExit};
+use reconcilers::{NetnsRef, HOST_IFNAME_PREFIX};
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+
+/// How many endpoints are reconciled at once.
+pub const CONCURRENCY: usize = 8;
+/// How often the store is polled for changes nobody kicked us about.
+pub const STORE_POLL: Duration = Duration::from_millis(500);
+/// How long a kernel event waits before its endpoint is reconciled, so a
+/// burst of events (a veth being deleted sends several) makes one run.
+pub const EVENT_DELAY: Duration = Duration::from_millis(5);
+/// How long a graceful stop waits for reconciles in progress.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Triggers = mpsc::Sender<Trigger<String>>;
+
+/// State shared by the daemon's tasks.
+struct Shared {
+    ctx: NodeContext,
+    index: OwnerIndex,
+    /// Container ids with a live watcher, and the namespace it watches.
+    watchers: Mutex<HashMap<String, (NetnsId, AbortHandle)>>,
+    triggers: mpsc::WeakSender<Trigger<String>>,
+    started_ms: u64,
+}
+
+/// Runs the daemon until `shutdown` completes.
+pub async fn run(
+    config: &Config,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Some(lock) = NodeLock::try_acquire(&config.run_dir)
+        .with_context(|| format!("cannot take the node lock in {}", config.run_dir.display()))?
+    else {
+        anyhow::bail!(
+            "another calico-mesos daemon or reconcile holds {}: one daemon per node",
+            super::lock::lock_path(&config.run_dir).display()
+        );
+    };
+    let socket = kick::socket_path(&config.run_dir);
+    // We hold the lock, so a socket file left here is a dead daemon's.
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+
+    let (tx, rx) = mpsc::channel::<Trigger<String>>(16_384);
+    let shared = Arc::new(Shared {
+        ctx: NodeContext {
+            store: store.clone(),
+            node: config.nodename.clone(),
+            dataplane: EndpointDataplane::new()?,
+            orphan_grace: config.orphan_grace,
+        },
+        index: OwnerIndex::default(),
+        watchers: Mutex::new(HashMap::new()),
+        triggers: tx.downgrade(),
+        started_ms: endpoint::now_ms(),
+    });
+    let runner = tokio::spawn(runner::run(rx, CONCURRENCY, {
+        let shared = shared.clone();
+        move |cid: String| {
+            let shared = shared.clone();
+            async move { shared.reconcile(cid).await }
+        }
+    }));
+
+    let mut tasks = JoinSet::new();
+    loop_status::put(
+        store.as_ref(),
+        &config.nodename,
+        &LoopStatus {
+            mode: "daemon".into(),
+            pid: std::process::id(),
+            started_ms: shared.started_ms,
+            last_full_pass_ms: None,
+            endpoints: 0,
+            failed: 0,
+        },
+    )?;
+    let revision = store.revision()?;
+    shared.resync(&tx).await?;
+    tracing::info!(node = %config.nodename, socket = %socket.display(), "daemon started");
+    tasks.spawn(accept(listener, shared.clone(), tx.clone()));
+    tasks.spawn(watch_store(shared.clone(), tx.clone(), revision));
+    tasks.spawn(watch_node(shared.clone(), tx.clone()));
+    tasks.spawn(resync_every(
+        shared.clone(),
+        tx.clone(),
+        config.resync_interval,
+    ));
+    drop(tx);
+
+    tokio::select! {
+        () = shutdown => tracing::info!("stopping: finishing the reconciles in progress"),
+        Some(ended) = tasks.join_next() => {
+            tracing::error!(?ended, "a daemon task ended unexpectedly; stopping");
+        }
+    }
+    // Every sender goes with these tasks; the runner then finishes what
+    // runs and returns.
+    tasks.shutdown().await;
+    for (_, (_, watcher)) in shared.watchers.lock().expect("watchers lock").drain() {
+        watcher.abort();
+    }
+    if tokio::time::timeout(STOP_TIMEOUT, runner).await.is_err() {
+        tracing::warn!("reconciles still running after {STOP_TIMEOUT:?}; stopping anyway");
+    }
+    let _ = std::fs::remove_file(&socket);
+    drop(lock);
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+fn describe(actions: &[Action]) -> String {
+    actions
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Shared {
+    fn trigger(&self, cid: String, delay: Duration, reset_backoff: bool) {
+        if let Some(tx) = self.triggers.upgrade() {
+            let _ = tx.try_send(Trigger {
+                key: cid,
+                at: Instant::now() + delay,
+                done: None,
+                reset_backoff,
+            });
+        }
+    }
+
+    /// One run of the runner: reconcile, then keep watchers and the index
+    /// in step with what happened.
+    async fn reconcile(self: Arc<Self>, cid: String) -> Result<(), String> {
+        let outcome = reconcile_endpoint(&self.ctx, &cid, false)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        if !outcome.actions().is_empty() {
+            tracing::info!(container = %cid, outcome = ?std::mem::discriminant(&outcome), actions = %describe(outcome.actions()), "reconciled");
+        }
+        let key = keys::endpoint(&self.ctx.node, &cid);
+        match outcome {
+            Outcome::Ready { .. } => {
+                if let Err(e) = self.clone().watch(&cid).await {
+                    tracing::debug!(container = %cid, error = %e, "no event watch inside the container");
+                }
+                Ok(())
+            }
+            Outcome::Orphaned { remaining } => {
+                self.unwatch(&cid);
+                self.trigger(cid, remaining, false);
+                Ok(())
+            }
+            Outcome::Removed { .. } | Outcome::Collected { .. } | Outcome::Unknown => {
+                self.unwatch(&cid);
+                self.index.remove_key(&key);
+                Ok(())
+            }
+            Outcome::Failed { message } => Err(message),
+        }
+    }
+
+    /// Watches the container's namespace for changes and its process for
+    /// its exit; either re-enqueues the endpoint.
+    async fn watch(self: Arc<Self>, cid: &str) -> anyhow::Result<()> {
+        let key = keys::endpoint(&self.ctx.node, cid);
+        let ep = match self.index.endpoint(&key) {
+            Some(ep) => ep,
+            None => match endpoint::get(self.ctx.store.as_ref(), &self.ctx.node, cid)? {
+                Some(v) => {
+                    self.index.upsert(v.value.clone());
+                    v.value
+                }
+                None => return Ok(()),
+            },
+        };
+        if let Some((netns, _)) = self.watchers.lock().expect("watchers lock").get(cid) {
+            if *netns == ep.netns {
+                return Ok(());
+            }
+        }
+        let ns = NetnsRef {
+            pid: ep.netns.pid,
+            inode: ep.netns.inode,
+        };
+        let mut events = Events::container(&ns).await?;
+        let exit = ProcessExit::watch(ns.pid)?;
+        let shared = self.clone();
+        let id = cid.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    event = events.next() => match event {
+                        Some(_) => shared.trigger(id.clone(), EVENT_DELAY, false),
+                        None => break,
+                    },
+                    () = exit.exited() => {
+                        // Closing our socket lets the namespace go.
+                        drop(events);
+                        shared.trigger(id.clone(), Duration::ZERO, false);
+                        break;
+                    }
+                }
+            }
+        });
+        if let Some((_, old)) = self
+            .watchers
+            .lock()
+            .expect("watchers lock")
+            .insert(cid.to_string(), (ep.netns, task.abort_handle()))
+        {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    fn unwatch(&self, cid: &str) {
+        if let Some((_, task)) = self.watchers.lock().expect("watchers lock").remove(cid) {
+            task.abort();
+        }
+    }
+
+    /// Lists everything: removes our links no endpoint accounts for, then
+    /// enqueues every endpoint of the node; once all have run, records the
+    /// pass in the loop status.
+    async fn resync(self: &Arc<Self>, tx: &Triggers) -> anyhow::Result<()> {
+        let (endpoints, strays) = list_and_sweep(&self.ctx, false).await?;
+        if !strays.is_empty() {
+            tracing::info!(actions = %describe(&strays), "removed links no endpoint accounts for");
+        }
+        self.index.replace_all(endpoints.iter().cloned());
+        let mut finished = Vec::with_capacity(endpoints.len());
+        for ep in endpoints {
+            let (done, rx) = oneshot::channel();
+            let trigger = Trigger {
+                done: Some(done),
+                ..Trigger::now(ep.container_id)
+            };
+            if tx.send(trigger).await.is_ok() {
+                finished.push(rx);
+            }
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let count = finished.len();
+            for rx in finished {
+                if rx.await.is_err() {
+                    return; // stopping
+                }
+            }
+            shared.record_pass(count);
+        });
+        Ok(())
+    }
+
+    fn record_pass(&self, endpoints: usize) {
+        let store = self.ctx.store.as_ref();
+        let failed = endpoint::list_statuses(store, &self.ctx.node)
+            .map(|s| {
+                s.values()
+                    .filter(|s| s.phase == crate::endpoint::Phase::Failed)
+                    .count()
+            })
+            .unwrap_or(0);
+        let status = LoopStatus {
+            mode: "daemon".into(),
+            pid: std::process::id(),
+            started_ms: self.started_ms,
+            last_full_pass_ms: Some(endpoint::now_ms()),
+            endpoints,
+            failed,
+        };
+        if let Err(e) = loop_status::put(store, &self.ctx.node, &status) {
+            tracing::warn!(error = %e, "cannot record the loop status");
+        }
+    }
+}
+
+/// Serves kicks: each connection asks for one endpoint and gets an answer
+/// once a reconcile that started after the ask has finished.
+async fn accept(listener: UnixListener, shared: Arc<Shared>, tx: Triggers) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve_kick(stream, shared.clone(), tx.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept on the kick socket failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_kick(stream: UnixStream, shared: Arc<Shared>, tx: Triggers) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(4096));
+    let reply =
+        match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await {
+            Ok(Ok(n)) if n > 0 => match serde_json::from_str::<KickRequest>(&line) {
+                Ok(KickRequest::Reconcile(cid)) => {
+                    if let Ok(Some(ep)) =
+                        endpoint::get(shared.ctx.store.as_ref(), &shared.ctx.node, &cid)
+                    {
+                        shared.index.upsert(ep.value);
+                    }
+                    let (done, finished) = oneshot::channel();
+                    let trigger = Trigger {
+                        key: cid,
+                        at: Instant::now(),
+                        done: Some(done),
+                        reset_backoff: true,
+                    };
+                    match tx.send(trigger).await {
+                        Ok(()) => match finished.await {
+                            Ok(()) => KickReply::Done,
+                            Err(_) => KickReply::Refused("the daemon is stopping".into()),
+                        },
+                        Err(_) => KickReply::Refused("the daemon is stopping".into()),
+                    }
+                }
+                Err(e) => KickReply::Refused(format!("unreadable request: {e}")),
+            },
+            _ => return,
+        };
+    let mut answer = serde_json::to_string(&reply).expect("a kick reply serialises");
+    answer.push('\n');
+    let _ = write.write_all(answer.as_bytes()).await;
+}
+
+/// Follows the store: endpoint intent changed by anyone re-enqueues it.
+async fn watch_store(shared: Arc<Shared>, tx: Triggers, mut revision: store::Revision) {
+    let store = shared.ctx.store.clone();
+    let prefix = keys::endpoints_of(&shared.ctx.node);
+    let mut tick = tokio::time::interval(STORE_POLL);
+    loop {
+        tick.tick().await;
+        let changes = match store.changes_since(revision) {
+            Ok(changes) => changes,
+            Err(StoreError::Compacted { .. }) => {
+                tracing::info!("store history compacted past our revision; relisting");
+                match store.revision() {
+                    Ok(r) => revision = r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the store revision");
+                        continue;
+                    }
+                }
+                if let Err(e) = shared.resync(&tx).await {
+                    tracing::warn!(error = %format!("{e:#}"), "resync failed");
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read store changes; will retry");
+                continue;
+            }
+        };
+        revision = changes.revision;
+        for change in changes.changes {
+            match change {
+                Change::Put(kv) if kv.key.starts_with(&prefix) => {
+                    match store::decode::<Endpoint>(&kv) {
+                        Ok(ep) => {
+                            let cid = ep.container_id.clone();
+                            shared.index.upsert(ep);
+                            let _ = tx
+                                .send(Trigger {
+                                    reset_backoff: true,
+                                    ..Trigger::now(cid)
+                                })
+                                .await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "undecodable endpoint"),
+                    }
+                }
+                Change::Delete { key, .. } if key.starts_with(&prefix) => {
+                    if let Some(cid) = shared.index.remove_key(&key) {
+                        shared.unwatch(&cid);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Follows the node namespace's kernel events: a change to one of our
+/// links, or to a route for a container address, re-enqueues its endpoint.
+async fn watch_node(shared: Arc<Shared>, tx: Triggers) {
+    let mut events = match Events::node() {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to kernel events; relying on the resync");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    while let Some(event) = events.next().await {
+        let owner = match &event {
+            KernelEvent::Link { name, .. } if name.starts_with(HOST_IFNAME_PREFIX) => {
+                shared.index.owner_of_link(name)
+            }
+            KernelEvent::Route {
+                dst, prefix_len, ..
+            } if *prefix_len == if dst.is_ipv4() { 32 } else { 128 } => {
+                shared.index.owner_of_addr(dst)
+            }
+            _ => None,
+        };
+        if let Some(cid) = owner {
+            let _ = tx
+                .send(Trigger {
+                    at: Instant::now() + EVENT_DELAY,
+                    ..Trigger::now(cid)
+                })
+                .await;
+        }
+    }
+    tracing::error!("the kernel event subscription ended; relying on the resync");
+    std::future::pending::<()>().await;
+}
+
+/// Resyncs every `interval`.
+async fn resync_every(shared: Arc<Shared>, tx: Triggers, interval: Duration) {
+    let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+    loop {
+        tick.tick().await;
+        if let Err(e) = shared.resync(&tx).await {
+            tracing::warn!(error = %format!("{e:#}"), "resync failed");
+        }
+    }
+}
