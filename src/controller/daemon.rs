@@ -167,8 +167,15 @@ impl Shared {
         let outcome = reconcile_endpoint(&self.ctx, &cid, false)
             .await
             .map_err(|e| format!("{e:#}"))?;
-        if !outcome.actions().is_empty() {
-            tracing::info!(container = %cid, outcome = ?std::mem::discriminant(&outcome), actions = %describe(outcome.actions()), "reconciled");
+        match &outcome {
+            Outcome::Removed { released, .. } | Outcome::Collected { released, .. } => {
+                tracing::info!(container = %cid, outcome = outcome.kind(), actions = %describe(outcome.actions()), released = ?released, "reconciled");
+            }
+            Outcome::Ready { actions } if actions.is_empty() => {}
+            Outcome::Unknown | Outcome::Failed { .. } => {}
+            _ => {
+                tracing::info!(container = %cid, outcome = outcome.kind(), actions = %describe(outcome.actions()), "reconciled")
+            }
         }
         let key = keys::endpoint(&self.ctx.node, &cid);
         match outcome {

@@ -67,6 +67,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A one-word name, for logs and summaries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Unknown => "unknown",
+            Outcome::Ready { .. } => "ready",
+            Outcome::Removed { .. } => "removed",
+            Outcome::Orphaned { .. } => "orphaned",
+            Outcome::Collected { .. } => "collected",
+            Outcome::Failed { .. } => "failed",
+        }
+    }
+
     /// The kernel actions this outcome applied (or would apply).
     pub fn actions(&self) -> &[Action] {
         match self {

@@ -4,10 +4,14 @@
 //! checks every answer must pass, and a reader of `store dump` that checks
 //! the IPAM records agree with each other.
 //!
-//! Safety: these tests never send a *valid* `isolate` (that will configure
-//! a real network namespace). Wherever an isolate needs a well-typed pid
-//! they use [`NO_SUCH_PID`], above the kernel's pid limit.
+//! Safety: the plugin_* tests never send a *valid* `isolate` (that
+//! configures a real network namespace); wherever an isolate needs a
+//! well-typed pid they use [`NO_SUCH_PID`], above the kernel's pid limit.
+//! The dataplane tests (`tests/dataplane_*.rs`) run the binary inside test
+//! namespaces only ([`TestStore::command_in`]).
 #![allow(dead_code)]
+
+pub mod agent;
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -77,7 +81,24 @@ impl TestStore {
 
     /// The binary with this store's environment, running as `node`.
     pub fn command_on(&self, node: &str) -> Command {
-        let mut cmd = Command::new(BIN);
+        self.with_env(Command::new(BIN), node)
+    }
+
+    /// The binary with this store's environment, run inside the network
+    /// namespace `netns` (`ip netns exec`), as on a simulated agent.
+    pub fn command_in(&self, netns: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, BIN]);
+        self.with_env(cmd, &self.node)
+    }
+
+    /// The run directory (sockets, the node lock) processes use.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// Sets this store's environment (and no other CALICO_MESOS_*) on `cmd`.
+    pub fn with_env(&self, mut cmd: Command, node: &str) -> Command {
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("CALICO_MESOS_") {
                 cmd.env_remove(&name);
@@ -85,6 +106,7 @@ impl TestStore {
         }
         cmd.env("CALICO_MESOS_CONFIG", &self.config)
             .env("CALICO_MESOS_DATASTORE", &self.url)
+            .env("CALICO_MESOS_RUN_DIR", self.run_dir())
             .env("CALICO_MESOS_NODENAME", node)
             .env("RUST_BACKTRACE", "1");
         cmd
@@ -141,6 +163,11 @@ impl TestStore {
             reply.answer
         );
         reply
+    }
+
+    /// Start a process without waiting for it.
+    pub fn spawn(cmd: Command, input: &[u8]) -> Running {
+        Running::start(cmd, input)
     }
 
     /// Start the plugin without waiting for it (the crash tests kill it).

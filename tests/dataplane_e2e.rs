@@ -1,0 +1,175 @@
+//! End to end through the real binary, in test namespaces (TESTING.md):
+//! containers launched through net-modules' allocate → isolate, the kernel
+//! read back, real pings both families, release → cleanup leaving nothing.
+//! Once with no daemon (the plugin reconciles inline) and once with one.
+
+mod common;
+
+use common::agent::{isolate, Agent, Launched};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use testsupport::{ping, require_root};
+
+fn end_to_end(tag: &str, with_daemon: bool) {
+    let agent = Agent::new(tag, 1);
+    let daemon = with_daemon.then(|| agent.start_daemon());
+    let groups: [&[&str]; 5] = [&["web"], &["web"], &["db"], &["web", "db"], &[]];
+    let launched: Vec<Launched> = groups
+        .iter()
+        .enumerate()
+        .map(|(n, g)| agent.launch(n, g))
+        .collect();
+
+    // The kernel, read back: one link and two routes of ours per container.
+    let status = agent.status();
+    let mut want_links = BTreeSet::new();
+    let mut want_routes = BTreeSet::new();
+    for (c, row) in launched.iter().zip(status["endpoints"].as_array().unwrap()) {
+        assert_eq!(row["container_id"], c.id.as_str());
+        assert_eq!(row["phase"], "Ready", "{row}");
+        let ifname = row["interface"].as_str().unwrap().to_string();
+        want_routes.insert(format!("{} dev {ifname}", c.v4));
+        want_routes.insert(format!("{} dev {ifname}", c.v6));
+        let link = &agent.node.ns.ip_json(&["link", "show", "dev", &ifname])[0];
+        assert_eq!(link["address"], "ee:ee:ee:ee:ee:ee");
+        assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+        want_links.insert(ifname);
+        let addrs = c
+            .container
+            .ip_json(&["addr", "show", "dev", "eth0", "scope", "global"]);
+        let got: BTreeSet<String> = addrs[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            // `ip -j` leaves an empty object for each address it filtered out.
+            .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"])))
+            .collect();
+        assert_eq!(
+            got,
+            BTreeSet::from([format!("{}/32", c.v4), format!("{}/128", c.v6)])
+        );
+        assert_eq!(row["mac"].as_str().unwrap().len(), 17, "{row}");
+    }
+    assert_eq!(agent.host_links(), want_links);
+    assert_eq!(agent.our_routes(), want_routes);
+
+    // Real packets: container <-> container, node <-> container, both families.
+    let first = &launched[0];
+    for c in &launched[1..] {
+        for (a, b) in [(first, c), (c, first)] {
+            assert!(ping(&a.container, b.v4), "{} -> {} (IPv4)", a.id, b.id);
+            assert!(ping(&a.container, b.v6), "{} -> {} (IPv6)", a.id, b.id);
+        }
+    }
+    for c in &launched {
+        assert!(ping(&agent.node.ns, c.v4), "node -> {} (IPv4)", c.id);
+        assert!(ping(&agent.node.ns, c.v6), "node -> {} (IPv6)", c.id);
+        assert!(
+            ping(&c.container, IpAddr::V4(agent.node.v4)),
+            "{} -> node (IPv4)",
+            c.id
+        );
+        assert!(
+            ping(&c.container, IpAddr::V6(agent.node.v6)),
+            "{} -> node (IPv6)",
+            c.id
+        );
+    }
+
+    // A repeated isolate changes nothing; other addresses are refused.
+    let before = agent
+        .node
+        .ns
+        .ip_json(&["link", "show", "dev", want_links.first().unwrap()]);
+    for c in &launched {
+        agent.plugin_ok(&isolate(&c.id, c.container.pid(), c.v4, c.v6, groups[0]));
+    }
+    let c = &launched[0];
+    let refused = agent.plugin(&isolate(
+        &c.id,
+        c.container.pid(),
+        launched[1].v4,
+        c.v6,
+        &[],
+    ));
+    assert_eq!(
+        refused.error(),
+        Some("This container has already been configured with Calico Networking.")
+    );
+    assert_eq!(
+        agent
+            .node
+            .ns
+            .ip_json(&["link", "show", "dev", want_links.first().unwrap()]),
+        before
+    );
+
+    // release → cleanup, as net-modules does: nothing left anywhere.
+    for c in &launched {
+        agent.finish(c);
+        assert_eq!(
+            c.container
+                .ip_json(&["link", "show"])
+                .as_array()
+                .unwrap()
+                .len(),
+            1,
+            "only lo left in {}",
+            c.id
+        );
+    }
+    assert!(agent.host_links().is_empty(), "{:?}", agent.host_links());
+    assert!(agent.our_routes().is_empty(), "{:?}", agent.our_routes());
+    assert_eq!(agent.store.used(), 0);
+    let dump = agent.store.dump();
+    assert!(!dump.contains("\"endpoint/"), "{dump}");
+    assert!(!dump.contains("\"status/"), "{dump}");
+    // Cleanup again: unknown containers succeed.
+    agent.plugin_ok(&json!({"command": "cleanup", "args": {"hostname": "agent", "container_id": launched[0].id}}));
+    if let Some(d) = daemon {
+        assert!(d.stop(), "the daemon stops cleanly on SIGTERM");
+    }
+}
+
+#[test]
+fn five_containers_without_a_daemon() {
+    if !require_root() {
+        return;
+    }
+    end_to_end("e2einl", false);
+}
+
+#[test]
+fn five_containers_with_the_daemon() {
+    if !require_root() {
+        return;
+    }
+    end_to_end("e2edmn", true);
+}
+
+#[test]
+fn isolate_of_a_process_that_does_not_exist_changes_nothing() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::new("e2enop", 1);
+    let mut c = testsupport::Container::new(&agent.node.ns);
+    let pid = c.pid();
+    c.kill();
+    let before = agent.store.dump();
+    let reply = agent.plugin(&isolate(
+        "gone",
+        pid,
+        "198.18.0.1".parse().unwrap(),
+        "2001:db8:1::1".parse().unwrap(),
+        &[],
+    ));
+    let error = reply.error().expect("an error");
+    assert!(
+        error.starts_with("Cannot isolate container 'gone': process"),
+        "{error}"
+    );
+    assert_eq!(agent.store.dump(), before);
+    assert!(agent.host_links().is_empty());
+}
