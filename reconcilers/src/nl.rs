@@ -13,11 +13,11 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 #[derive(Debug, thiserror::Error)]
 pub enum NlError {
     /// The kernel refused the request.
-    #[error("kernel answered: {source}")]
+    #[error("kernel answered: {error}")]
     Kernel {
-        /// The errno, as an I/O error (its message names it).
-        #[source]
-        source: std::io::Error,
+        /// The errno, as an I/O error (its message names it; not a
+        /// `#[source]`, so chains do not repeat it).
+        error: std::io::Error,
     },
     /// The connection is closed: the request could not be sent.
     #[error("netlink connection closed")]
@@ -42,7 +42,7 @@ impl NlError {
     /// The kernel's errno, when the kernel refused.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Self::Kernel { source } => source.raw_os_error(),
+            Self::Kernel { error } => error.raw_os_error(),
             _ => None,
         }
     }
@@ -137,7 +137,7 @@ pub(crate) async fn request(
             NetlinkPayload::Error(e) => {
                 if let Some(code) = e.code {
                     return Err(NlError::Kernel {
-                        source: std::io::Error::from_raw_os_error(-code.get()),
+                        error: std::io::Error::from_raw_os_error(-code.get()),
                     });
                 }
             }

@@ -49,7 +49,7 @@ pub enum KickError {
     #[error("the daemon refused: {0}")]
     Refused(String),
     /// Anything else on the socket.
-    #[error("talking to the daemon on {path}: {source}")]
+    #[error("talking to the daemon on {path}")]
     Io {
         /// The socket.
         path: PathBuf,
@@ -85,7 +85,14 @@ pub fn kick(run_dir: &Path, container_id: &str, timeout: Duration) -> Result<(),
     let mut line = serde_json::to_string(&KickRequest::Reconcile(container_id.to_string()))
         .expect("a kick request serialises");
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(io)?;
+    if let Err(e) = stream.write_all(line.as_bytes()) {
+        return Err(match e.kind() {
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
+                KickError::Refused(format!("the daemon went away ({e})"))
+            }
+            _ => io(e),
+        });
+    }
     let mut answer = String::new();
     match BufReader::new(&stream).read_line(&mut answer) {
         Ok(0) => Err(KickError::Refused(

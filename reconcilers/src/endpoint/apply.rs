@@ -28,7 +28,7 @@ use std::os::fd::AsRawFd;
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// A netlink request failed.
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Netlink {
         /// The action, described.
         action: String,
@@ -37,7 +37,7 @@ pub enum ApplyError {
         source: NlError,
     },
     /// A sysctl could not be written.
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Sysctl {
         /// The action, described.
         action: String,
@@ -46,7 +46,7 @@ pub enum ApplyError {
         source: std::io::Error,
     },
     /// The container namespace's worker thread failed.
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Namespace {
         /// The action, described.
         action: String,

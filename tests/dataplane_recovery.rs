@@ -1,0 +1,269 @@
+//! Recovery, in test namespaces through the real binary (TESTING.md):
+//! drift repaired by the daemon without any isolate call (time to repair
+//! printed, never asserted), the daemon SIGKILLed during concurrent
+//! isolates, a node namespace flushed as by a reboot, and containers that
+//! died without cleanup collected after the grace period.
+
+mod common;
+
+use common::agent::{isolate, wait_until, Agent, Launched};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+use testsupport::{ping, require_root, Container, Node};
+
+/// Longest any repair or convergence may take before the test fails.
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn ifname_of(agent: &Agent, id: &str) -> String {
+    agent.status()["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["container_id"] == id)
+        .map(|e| e["interface"].as_str().unwrap().to_string())
+        .expect("endpoint listed")
+}
+
+/// The dataplane of `c` is complete and carries packets both ways.
+fn healthy(agent: &Agent, c: &Launched, peer: &Launched) -> bool {
+    let ifname = reconcilers::endpoint::host_ifname(&c.id);
+    agent
+        .our_routes()
+        .contains(&format!("{} dev {ifname}", c.v4))
+        && agent
+            .our_routes()
+            .contains(&format!("{} dev {ifname}", c.v6))
+        && ping(&peer.container, c.v4)
+        && ping(&peer.container, c.v6)
+}
+
+#[test]
+fn drift_is_repaired_without_any_isolate() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::new("drift", 1);
+    let daemon = agent.start_daemon();
+    let a = agent.launch(0, &[]);
+    let b = agent.launch(1, &[]);
+    let ifname = ifname_of(&agent, &a.id);
+    let breaks: [(&str, Box<dyn Fn()>); 5] = [
+        (
+            "delete the host-side veth",
+            Box::new(|| {
+                agent.node.ns.ip(&["link", "del", &ifname]);
+            }),
+        ),
+        (
+            "delete a host route",
+            Box::new(|| {
+                agent.node.ns.ip(&["route", "del", &format!("{}/32", a.v4)]);
+            }),
+        ),
+        (
+            "delete a container address",
+            Box::new(|| {
+                a.container.exec_ok(&[
+                    "ip",
+                    "addr",
+                    "del",
+                    &format!("{}/128", a.v6),
+                    "dev",
+                    "eth0",
+                ]);
+            }),
+        ),
+        (
+            "set the host link down",
+            Box::new(|| {
+                agent.node.ns.ip(&["link", "set", &ifname, "down"]);
+            }),
+        ),
+        (
+            "delete the container's default route",
+            Box::new(|| {
+                a.container.exec_ok(&["ip", "route", "del", "default"]);
+            }),
+        ),
+    ];
+    for (what, break_it) in &breaks {
+        assert!(healthy(&agent, &a, &b), "healthy before: {what}");
+        break_it();
+        let repaired = wait_until(LIMIT, || {
+            let links = agent.node.ns.ip_json(&["link", "show", "dev", &ifname]);
+            let up = links[0]["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "UP"));
+            let addrs = a.container.exec_ok(&["ip", "addr", "show", "dev", "eth0"]);
+            let routes = a.container.exec_ok(&["ip", "route", "show", "default"]);
+            up && addrs.contains(&a.v6.to_string())
+                && routes.contains("169.254.1.1")
+                && agent
+                    .our_routes()
+                    .contains(&format!("{} dev {ifname}", a.v4))
+        });
+        let took = repaired.unwrap_or_else(|| {
+            panic!(
+                "{what}: not repaired within {LIMIT:?}\n{}",
+                daemon.log_text()
+            )
+        });
+        println!("time to repair, {what}: {:.1} ms", took.as_secs_f64() * 1e3);
+        assert!(healthy(&agent, &a, &b), "pings after: {what}");
+    }
+    assert!(daemon.stop());
+}
+
+#[test]
+fn daemon_killed_during_concurrent_isolates_converges() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 50;
+    let agent = Agent::new("crash", 1);
+    let mut daemon = agent.start_daemon();
+    // Allocate first (fast), then isolate all at once and kill the daemon
+    // while they run.
+    let mut pending = Vec::new();
+    for n in 0..N {
+        let container = Container::new(&agent.node.ns);
+        let reply = agent.plugin_ok(&serde_json::json!({"command": "allocate", "args": {
+            "hostname": "agent", "uid": format!("task-{n}"), "num_ipv4": 1, "num_ipv6": 1}}));
+        pending.push(Launched {
+            id: format!("container-{n}"),
+            uid: format!("task-{n}"),
+            v4: reply.addrs("ipv4")[0],
+            v6: reply.addrs("ipv6")[0],
+            container,
+        });
+    }
+    let running: Vec<_> = pending
+        .iter()
+        .map(|c| agent.plugin_spawn(&isolate(&c.id, c.container.pid(), c.v4, c.v6, &[])))
+        .collect();
+    std::thread::sleep(Duration::from_millis(30));
+    daemon.kill();
+    // Each isolate ends (answered by the daemon, inline after it died, or
+    // with an error): none hangs.
+    let failed: Vec<String> = running
+        .into_iter()
+        .filter_map(|r| match common::check_answer(&r.finish()) {
+            Ok(reply) => reply.error().map(String::from),
+            Err(e) => Some(e),
+        })
+        .collect();
+    println!(
+        "{} of {N} isolates answered success across the crash; failures: {failed:?}",
+        N - failed.len()
+    );
+
+    let daemon = agent.start_daemon();
+    let converged = wait_until(LIMIT, || {
+        let status = agent.status();
+        let rows = status["endpoints"].as_array().unwrap();
+        rows.len() == N && rows.iter().all(|r| r["phase"] == "Ready")
+    });
+    assert!(
+        converged.is_some(),
+        "not all Ready: {}\n{}",
+        agent.status(),
+        daemon.log_text()
+    );
+    // Every endpoint carries packets; no leak and nothing twice.
+    for c in &pending {
+        assert!(ping(&agent.node.ns, c.v4), "node -> {}", c.id);
+    }
+    assert!(ping(&pending[0].container, pending[N - 1].v6));
+    assert_eq!(agent.host_links().len(), N);
+    assert_eq!(agent.our_routes().len(), 2 * N);
+    let addrs: BTreeSet<IpAddr> = pending.iter().flat_map(|c| [c.v4, c.v6]).collect();
+    assert_eq!(addrs.len(), 2 * N, "an address was handed out twice");
+    assert_eq!(agent.store.used(), 2 * N as u64);
+    for c in &pending {
+        agent.finish(c);
+    }
+    assert!(agent.host_links().is_empty());
+    assert!(agent.our_routes().is_empty());
+    assert_eq!(agent.store.used(), 0);
+    assert!(daemon.stop());
+}
+
+#[test]
+fn reboot_rebuilds_live_containers_and_collects_dead_ones() {
+    if !require_root() {
+        return;
+    }
+    let mut agent = Agent::new("reboot", 1);
+    let launched: Vec<Launched> = (0..4).map(|n| agent.launch(n, &[])).collect();
+    // "Reboot": the node namespace and everything in it go; the
+    // containers live on (with only lo left).
+    agent.node = Node::new("reboot", 1);
+    for c in &launched {
+        assert_eq!(
+            c.container
+                .ip_json(&["link", "show"])
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    let (ok, out, err) = agent.cli(&["reconcile", "--dry-run"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("4 endpoint(s): 4 ready (4 would change)"),
+        "{out}"
+    );
+    assert!(agent.host_links().is_empty(), "a dry run changes nothing");
+    let (ok, out, err) = agent.cli(&["reconcile"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("4 endpoint(s): 4 ready (4 changed)"), "{out}");
+    for c in &launched {
+        assert!(ping(&agent.node.ns, c.v4), "node -> {} after reboot", c.id);
+        assert!(
+            ping(&c.container, IpAddr::V6(agent.node.v6)),
+            "{} -> node after reboot",
+            c.id
+        );
+    }
+    let (ok, out, _) = agent.cli(&["reconcile"]);
+    assert!(
+        ok && out.contains("4 ready (0 changed)"),
+        "a second pass changes nothing: {out}"
+    );
+
+    // Two containers die and no cleanup ever comes (the agent restarted).
+    let mut launched = launched;
+    let dead: Vec<Launched> = launched.drain(2..).collect();
+    let dead_addrs: Vec<IpAddr> = dead.iter().flat_map(|c| [c.v4, c.v6]).collect();
+    for mut c in dead {
+        c.container.kill();
+    }
+    let grace = [("CALICO_MESOS_ORPHAN_GRACE", "1s")];
+    let reconcile = |agent: &Agent| {
+        let mut cmd = agent.command();
+        cmd.arg("reconcile").envs(grace);
+        let out = common::run(cmd, b"");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = reconcile(&agent);
+    assert!(out.contains("2 orphaned"), "{out}");
+    assert_eq!(
+        agent.store.used(),
+        8,
+        "addresses are kept during the grace period"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = reconcile(&agent);
+    assert!(out.contains("2 removed"), "{out}");
+    assert_eq!(agent.store.used(), 4);
+    assert_eq!(agent.host_links().len(), 2);
+    // The freed addresses are handed out again.
+    let reply = agent.plugin_ok(&serde_json::json!({"command": "reserve", "args": {
+        "hostname": "agent", "uid": "again", "ipv4_addrs": [dead_addrs[0].to_string()]}}));
+    assert!(reply.is_ok());
+    for c in &launched {
+        agent.finish(c);
+    }
+}
