@@ -48,7 +48,8 @@ fn drift_is_repaired_without_any_isolate() {
     let a = agent.launch(0, &[]);
     let b = agent.launch(1, &[]);
     let ifname = ifname_of(&agent, &a.id);
-    let breaks: [(&str, Box<dyn Fn()>); 5] = [
+    type Break<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let breaks: [Break; 5] = [
         (
             "delete the host-side veth",
             Box::new(|| {
