@@ -173,3 +173,36 @@ fn isolate_of_a_process_that_does_not_exist_changes_nothing() {
     assert_eq!(agent.store.dump(), before);
     assert!(agent.host_links().is_empty());
 }
+
+#[test]
+fn isolate_of_a_process_in_the_node_namespace_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::new("e2enode", 1);
+    // A process of the node itself, not of a container.
+    let mut node_process = std::process::Command::new("ip")
+        .args(["netns", "exec", agent.node.ns.name(), "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let pid = node_process.id();
+    let in_node = common::agent::wait_until(std::time::Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
+    assert!(in_node.is_some());
+    let before = agent.store.dump();
+    let reply = agent.plugin(&isolate(
+        "host",
+        pid,
+        "198.18.0.1".parse().unwrap(),
+        "2001:db8:1::1".parse().unwrap(),
+        &[],
+    ));
+    let _ = node_process.kill();
+    let _ = node_process.wait();
+    let error = reply.error().expect("an error");
+    assert!(error.contains("node's own network namespace"), "{error}");
+    assert_eq!(agent.store.dump(), before);
+    // The node's own eth0 is untouched.
+    assert!(ping(&agent.node.ns, IpAddr::V4(testsupport::GATEWAY_V4)));
+}

@@ -234,3 +234,34 @@ fn gone_container_is_reported_as_gone() {
     let err = in_node(&node, async |dp| dp.ensure(&s, false).await.unwrap_err());
     assert!(err.is_gone(), "{err}");
 }
+
+#[test]
+fn a_process_of_the_node_itself_is_never_configured() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new("epnode", 3);
+    let inode = node.ns.inode();
+    // The reconciler's own thread is in the node namespace: use its pid
+    // with the node's inode, as a confused caller would.
+    let err = in_node(&node, async move |dp| {
+        let s = EndpointSpec {
+            container_id: "node-itself".into(),
+            netns: NetnsRef {
+                pid: std::process::id(),
+                inode,
+            },
+            ipv4: vec![Ipv4Addr::new(198, 18, 0, 77)],
+            ipv6: vec![],
+        };
+        dp.ensure(&s, false).await.unwrap_err()
+    });
+    assert!(
+        err.to_string().contains("node's own network namespace"),
+        "{err}"
+    );
+    assert!(
+        ping(&node.ns, IpAddr::V4(testsupport::GATEWAY_V4)),
+        "the node's eth0 is intact"
+    );
+}

@@ -6,8 +6,30 @@ use calico_mesos::controller::daemon;
 use calico_mesos::store::Store;
 use std::sync::Arc;
 
+/// Raises the soft limit on open files to the hard limit: the daemon keeps
+/// two descriptors per container (an event socket and a pidfd).
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!(
+                    "cannot raise the open-file limit; watches of many containers may fail"
+                );
+            }
+        }
+    }
+}
+
 /// Run the daemon.
 pub fn run(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -22,6 +22,12 @@ pub fn isolate(store: &Arc<dyn Store>, config: &Config, args: &Isolate) -> Resul
             args.pid
         ))
     })?;
+    if NetnsId::of_pid(std::process::id()).is_ok_and(|own| own.inode == netns.inode) {
+        return Err(fail(format!(
+            "process {} is in the node's own network namespace, not in a container's.",
+            args.pid
+        )));
+    }
     let addresses: Vec<IpAddr> = args
         .ipv4
         .iter()

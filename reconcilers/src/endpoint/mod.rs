@@ -56,6 +56,13 @@ pub enum EndpointError {
     /// An action failed.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// The pid is in the node's own namespace: configuring it would replace
+    /// the node's `eth0`. Refused, always.
+    #[error("process {pid} is in the node's own network namespace, not in a container's; refusing to configure it")]
+    NodeNamespace {
+        /// The pid given.
+        pid: u32,
+    },
     /// After applying, the kernel still differs (someone changed it at the
     /// same moment, or the kernel ignored a request).
     #[error("the kernel still differs after applying: {}", describe(.remaining))]
@@ -118,6 +125,8 @@ pub struct Inventory {
 #[derive(Debug)]
 pub struct EndpointDataplane {
     node: Conn,
+    /// The inode of the node's namespace: never treated as a container's.
+    node_inode: u64,
 }
 
 fn format_mac(mac: &[u8]) -> String {
@@ -137,12 +146,20 @@ impl EndpointDataplane {
     /// Connects to the calling thread's namespace (must run in a tokio
     /// runtime). Everything on the node side happens there.
     pub fn new() -> Result<Self, NlError> {
+        use std::os::unix::fs::MetadataExt;
+        let node_inode = std::fs::metadata("/proc/thread-self/ns/net")
+            .map_err(|source| NlError::Socket { source })?
+            .ino();
         Ok(EndpointDataplane {
             node: Conn::current()?,
+            node_inode,
         })
     }
 
     async fn enter(&self, ns: &NetnsRef) -> Result<ContainerConn, EndpointError> {
+        if ns.inode == self.node_inode {
+            return Err(EndpointError::NodeNamespace { pid: ns.pid });
+        }
         let file = open_container(ns)?;
         let thread = NsThread::spawn(&file, format!("pid {}", ns.pid)).await?;
         let conn = Conn::in_ns(&thread).await?;

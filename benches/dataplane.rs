@@ -1,0 +1,471 @@
+//! Dataplane benchmarks (issue 3), printed as Markdown for BENCHMARKS.md,
+//! with the peer measured in the same run: CNI `ptp` + `host-local`
+//! (/usr/lib/cni) doing the same per-container work (a veth, IPv4 and IPv6
+//! addresses, host routes).
+//!
+//! - whole-process isolate (spawn → Ready → answer) as the node fills up to
+//!   1,000 endpoints, with the daemon and without it; CNI ADD likewise;
+//! - whole-process cleanup at 1,000, against CNI DEL;
+//! - rebuilding every endpoint with `calico-mesos reconcile` after the node
+//!   namespace was destroyed and recreated (a reboot);
+//! - the daemon's CPU for one resync that finds no drift;
+//! - drift repair latency (a host veth deleted → back).
+//!
+//! Runs as root, in test namespaces only (TESTING.md). `cargo bench --bench
+//! dataplane`; `cargo test --benches` runs a quick version. Numbers are
+//! reported, never asserted.
+
+use calico_mesos::ipam::{self, Request};
+use calico_mesos::store::sqlite::SqliteStore;
+use std::fs::File;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use testsupport::{Container, Netns, Node};
+
+const BIN: &str = env!("CARGO_BIN_EXE_calico-mesos");
+const PTP: &str = "/usr/lib/cni/ptp";
+
+/// A store and the environment of every process of one agent.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("calico-mesos-bench-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("config.yaml"), "").unwrap();
+        let store = self_store(dir.path());
+        for cidr in ["198.18.0.0/16", "2001:db8:1::/64"] {
+            ipam::add_pool(
+                &store,
+                &ipam::IpPool::new(cidr.parse().unwrap(), None).unwrap(),
+            )
+            .unwrap();
+        }
+        Env { dir }
+    }
+
+    fn store(&self) -> SqliteStore {
+        self_store(self.dir.path())
+    }
+
+    /// The binary, entering `node` before exec (as an agent in its own
+    /// namespace runs it, without `ip netns exec`'s own cost).
+    fn command(&self, node: &Netns) -> Command {
+        let mut cmd = in_netns(BIN, node);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CALICO_MESOS_CONFIG", self.dir.path().join("config.yaml"))
+            .env(
+                "CALICO_MESOS_DATASTORE",
+                format!("sqlite://{}/store.db", self.dir.path().display()),
+            )
+            .env("CALICO_MESOS_RUN_DIR", self.dir.path().join("run"))
+            .env("CALICO_MESOS_NODENAME", "bench")
+            .env("CALICO_MESOS_LOG_LEVEL", "warn");
+        cmd
+    }
+}
+
+fn self_store(dir: &Path) -> SqliteStore {
+    SqliteStore::open(
+        dir.join("store.db").to_str().unwrap(),
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+/// `program`, run inside `node`'s network namespace (setns before exec).
+fn in_netns(program: &str, node: &Netns) -> Command {
+    let ns = File::open(node.path()).unwrap();
+    let mut cmd = Command::new(program);
+    // SAFETY: between fork and exec we only call setns(2), which is
+    // async-signal-safe; `ns` stays open in the parent until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Runs `cmd` with `input`, returns (elapsed, stdout); panics on failure.
+fn timed(mut cmd: Command, input: &str) -> (Duration, String) {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (took, stdout)
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn allocate(store: &SqliteStore, uid: &str) -> (IpAddr, IpAddr) {
+    let a = ipam::allocate(
+        store,
+        &Request {
+            node: "bench",
+            uid,
+            num_ipv4: 1,
+            num_ipv6: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (a.ipv4[0], a.ipv6[0])
+}
+
+fn isolate_json(id: &str, pid: u32, v4: IpAddr, v6: IpAddr) -> String {
+    format!(
+        r#"{{"command":"isolate","args":{{"hostname":"bench","container_id":"{id}","pid":{pid},"ipv4_addrs":["{v4}"],"ipv6_addrs":["{v6}"]}}}}"#
+    )
+}
+
+fn cleanup_json(id: &str) -> String {
+    format!(r#"{{"command":"cleanup","args":{{"hostname":"bench","container_id":"{id}"}}}}"#)
+}
+
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(env: &Env, node: &Netns, extra: &[(&str, &str)]) -> Daemon {
+        let mut cmd = env.command(node);
+        cmd.arg("daemon")
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let d = Daemon(cmd.spawn().unwrap());
+        let socket = env.dir.path().join("run/daemon.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "daemon did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        d
+    }
+
+    /// User + system CPU time of the daemon so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_micros(ticks * 1_000_000 / hz)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One calico-mesos run: isolate `n` containers one by one on a fresh node;
+/// returns (node, env, containers with ids, isolate latencies).
+struct Fleet {
+    env: Env,
+    node: Node,
+    containers: Vec<(Container, String, IpAddr)>,
+}
+
+fn fill(tag: &str, n: usize, with_daemon: bool) -> (Fleet, Vec<Duration>, Option<Daemon>) {
+    let env = Env::new();
+    let node = Node::new(tag, 1);
+    let daemon = with_daemon.then(|| Daemon::start(&env, &node.ns, &[]));
+    let store = env.store();
+    let mut times = Vec::with_capacity(n);
+    let mut containers = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = Container::new(&node.ns);
+        let (v4, v6) = allocate(&store, &format!("task-{i}"));
+        let id = format!("container-{i}");
+        let (took, answer) = timed(env.command(&node.ns), &isolate_json(&id, c.pid(), v4, v6));
+        assert!(answer.contains(r#""error":null"#), "{answer}");
+        times.push(took);
+        containers.push((c, id, v4));
+    }
+    (
+        Fleet {
+            env,
+            node,
+            containers,
+        },
+        times,
+        daemon,
+    )
+}
+
+/// CNI ptp + host-local: ADD `n` containers one by one; returns the node,
+/// containers and latencies.
+fn fill_cni(
+    tag: &str,
+    n: usize,
+    dual_stack: bool,
+) -> (
+    Node,
+    tempfile::TempDir,
+    Vec<(Container, String)>,
+    Vec<Duration>,
+) {
+    let node = Node::new(tag, 1);
+    let dir = tempfile::Builder::new()
+        .prefix("calico-mesos-bench-cni-")
+        .tempdir()
+        .unwrap();
+    let mut times = Vec::with_capacity(n);
+    let mut containers = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = Container::new(&node.ns);
+        let id = format!("cni-{i}");
+        let (took, _) = timed(
+            cni(&node.ns, "ADD", &id, &c),
+            &cni_config(dir.path(), dual_stack),
+        );
+        times.push(took);
+        containers.push((c, id));
+    }
+    (node, dir, containers, times)
+}
+
+/// The peer's configuration. Dual stack makes ptp wait for IPv6 duplicate
+/// address detection (about 1.8 s per container), so the main comparison
+/// is IPv4 only and dual stack is sampled separately.
+fn cni_config(data: &Path, dual_stack: bool) -> String {
+    let v6 = if dual_stack {
+        r#",[{"subnet":"2001:db8:1::/64"}]"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"cniVersion":"1.0.0","name":"bench","type":"ptp","ipMasq":false,"ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"198.18.0.0/16"}}]{v6}]}}}}"#,
+        data.display()
+    )
+}
+
+fn cni(node: &Netns, command: &str, id: &str, c: &Container) -> Command {
+    let mut cmd = in_netns(PTP, node);
+    cmd.env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", c.netns_path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni");
+    cmd
+}
+
+fn window(times: &[Duration], from: usize, len: usize) -> Duration {
+    median(&times[from.min(times.len() - 1)..(from + len).min(times.len())])
+}
+
+/// Deletes the host veth `name` in `node` and returns the time from the
+/// kernel's "link deleted" event to the "route added" event of the
+/// container address `addr` (the last step of a repair), both seen on an
+/// event subscription inside the node namespace.
+fn repair_latency(node: &Netns, name: &str, addr: IpAddr, limit: Duration) -> Option<Duration> {
+    use reconcilers::events::{Events, KernelEvent};
+    let (node_name, name) = (node.name().to_string(), name.to_string());
+    node.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut events = Events::node().unwrap();
+            let mut del = Command::new("ip");
+            del.args(["-n", &node_name, "link", "del", &name]);
+            let deleting = std::thread::spawn(move || del.status());
+            let mut deleted_at = None;
+            let result = tokio::time::timeout(limit, async {
+                while let Some(event) = events.next().await {
+                    match event {
+                        KernelEvent::Link {
+                            name: n,
+                            deleted: true,
+                            ..
+                        } if n == name => {
+                            deleted_at.get_or_insert_with(Instant::now);
+                        }
+                        KernelEvent::Route {
+                            dst,
+                            deleted: false,
+                            ..
+                        } if dst == addr => {
+                            if let Some(at) = deleted_at {
+                                return Some(at.elapsed());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                None
+            })
+            .await;
+            let _ = deleting.join();
+            result.ok().flatten()
+        })
+    })
+}
+
+fn main() {
+    if !testsupport::require_root() {
+        return;
+    }
+    // `cargo test --benches` runs benches without --bench: keep it quick.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n = if quick { 12 } else { 1_050 };
+    let w = if quick { 4 } else { 50 };
+    let at = |i: usize| if quick { i / 100 } else { i };
+    println!("| measure | calico-mesos (IPv4 + IPv6) | CNI ptp + host-local (IPv4) | target |");
+    println!("|---|---|---|---|");
+
+    // Isolate with no daemon (inline), then CNI, then with the daemon.
+    let (inline, inline_times, _) = fill("bnoinl", n, false);
+    drop(inline);
+    let (cni_node, cni_dir, cni_containers, cni_times) = fill_cni("bcni", n, false);
+    let (_, _, _, cni_dual) = fill_cni("bcnidual", 3, true);
+    let (fleet, times, daemon) = fill("bdaemon", n, true);
+    let daemon = daemon.unwrap();
+    for (label, idx) in [("0", 0), ("100", at(100)), ("1,000", at(1000))] {
+        println!(
+            "| isolate, whole process, median at {label} endpoints: with daemon / inline | {} / {} | {} | ≤ 5 ms at 1,000 |",
+            ms(window(&times, idx, w)),
+            ms(window(&inline_times, idx, w)),
+            ms(window(&cni_times, idx, w))
+        );
+    }
+    println!(
+        "| (peer with IPv6 too: CNI ptp waits for duplicate address detection) | — | {} (median of {}) | — |",
+        ms(median(&cni_dual)),
+        cni_dual.len()
+    );
+    let growth = |t: &[Duration]| {
+        window(t, t.len().saturating_sub(w * 2), w).as_secs_f64() / window(t, 0, w).as_secs_f64()
+    };
+    println!(
+        "| isolate growth, last {w} of 1,000 vs first {w}: with daemon / inline | {:.2}× / {:.2}× | {:.2}× | ≤ 1.2× |",
+        growth(&times[..times.len() - w]),
+        growth(&inline_times[..inline_times.len() - w]),
+        growth(&cni_times[..cni_times.len() - w])
+    );
+
+    // Cleanup at 1,000 (the last w containers), against CNI DEL.
+    let mut clean = Vec::new();
+    for (_, id, _) in fleet.containers.iter().rev().take(w) {
+        let (took, answer) = timed(fleet.env.command(&fleet.node.ns), &cleanup_json(id));
+        assert!(answer.contains(r#""error":null"#), "{answer}");
+        clean.push(took);
+    }
+    let mut cni_del = Vec::new();
+    for (c, id) in cni_containers.iter().rev().take(w) {
+        let (took, _) = timed(
+            cni(&cni_node.ns, "DEL", id, c),
+            &cni_config(cni_dir.path(), false),
+        );
+        cni_del.push(took);
+    }
+    println!(
+        "| cleanup, whole process, median at 1,000 endpoints (with daemon) | {} | {} | ≤ 1.25 × the ~20 ms veth delete |",
+        ms(median(&clean)),
+        ms(median(&cni_del))
+    );
+    drop((cni_node, cni_dir, cni_containers));
+
+    // Drift repair: delete host veths one at a time; time until back.
+    let live_count = fleet.containers.len() - w;
+    let live = &fleet.containers[..live_count];
+    let mut repairs = Vec::new();
+    for (_, id, v4) in live.iter().step_by((live.len() / 20).max(1)).take(20) {
+        let name = reconcilers::endpoint::host_ifname(id);
+        let took =
+            repair_latency(&fleet.node.ns, &name, *v4, Duration::from_secs(10)).expect("repaired");
+        repairs.push(took);
+    }
+    println!(
+        "| drift repair (host veth deleted → its routes back), median of {} | {} | — | ≤ 50 ms |",
+        repairs.len(),
+        ms(median(&repairs))
+    );
+
+    // One resync with no drift: the daemon's CPU across a full pass.
+    drop(daemon);
+    let daemon = Daemon::start(
+        &fleet.env,
+        &fleet.node.ns,
+        &[("CALICO_MESOS_RESYNC_INTERVAL", "2s")],
+    );
+    std::thread::sleep(Duration::from_millis(1000)); // the start-up pass
+    let before = daemon.cpu();
+    std::thread::sleep(Duration::from_millis(2000)); // one periodic pass
+    let cpu = daemon.cpu() - before;
+    println!(
+        "| daemon CPU over one resync period with no drift ({live_count} endpoints) | {} | — | ≤ 50 ms |",
+        ms(cpu)
+    );
+    drop(daemon);
+
+    // Reboot: the node namespace is destroyed and made again; rebuild.
+    let Fleet {
+        env,
+        node,
+        containers,
+    } = fleet;
+    drop(node);
+    let node = Node::new("breboot", 1);
+    let mut cmd = env.command(&node.ns);
+    cmd.arg("reconcile");
+    let (took, out) = timed(cmd, "");
+    println!(
+        "| rebuild every endpoint with `reconcile` after a reboot ({live_count} endpoints) | {} | — | ≤ 2 s |",
+        ms(took)
+    );
+    assert!(out.contains("0 failed"), "{out}");
+    drop((containers, node, env));
+}
