@@ -39,6 +39,9 @@ pub enum KernelEvent {
         /// True when it was deleted.
         deleted: bool,
     },
+    /// The kernel dropped events (the socket's buffer overran): anything
+    /// may have changed unseen.
+    Overrun,
     /// An address was added to or removed from a link.
     Address {
         /// The link's index.
@@ -129,8 +132,10 @@ impl Events {
     pub async fn next(&mut self) -> Option<KernelEvent> {
         loop {
             let (msg, _) = self.rx.next().await?;
-            let NetlinkPayload::InnerMessage(inner) = msg.payload else {
-                continue;
+            let inner = match msg.payload {
+                NetlinkPayload::InnerMessage(inner) => inner,
+                NetlinkPayload::Overrun(_) => return Some(KernelEvent::Overrun),
+                _ => continue,
             };
             let event = match inner {
                 RouteNetlinkMessage::NewLink(l) => link_event(&l, false),

@@ -68,7 +68,7 @@ fn summary(pass: &Pass, dry_run: bool) -> String {
     let (mut ready, mut changed, mut removed, mut orphaned, mut failed) = (0, 0, 0, 0, 0);
     for (cid, result) in outcomes {
         let (label, detail) = match result {
-            Ok(Outcome::Ready { actions }) if actions.is_empty() => {
+            Ok(Outcome::Ready { actions, .. }) if actions.is_empty() => {
                 ready += 1;
                 continue;
             }

@@ -6,6 +6,7 @@
 //! A graceful stop finishes the reconciles in progress and leaves the
 //! dataplane in place.
 
+use super::freshness::Freshness;
 use super::index::OwnerIndex;
 use super::kick::{self, KickReply, KickRequest};
 use super::lock::NodeLock;
@@ -50,6 +51,22 @@ struct Shared {
     watchers: Mutex<HashMap<String, (NetnsId, AbortHandle)>>,
     triggers: mpsc::WeakSender<Trigger<String>>,
     started_ms: u64,
+    /// Endpoints known right without looking (see [`Freshness`]).
+    fresh: Freshness,
+    /// Resyncs started so far.
+    resyncs: std::sync::atomic::AtomicU64,
+}
+
+/// A resync re-checks every stale endpoint and this fraction of the fresh
+/// ones, in turn.
+pub const RESYNC_SLICES: u64 = 10;
+
+/// Which slice of the fresh endpoints `cid` belongs to (stable: FNV-1a).
+fn slice_of(cid: &str) -> u64 {
+    let hash = cid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    hash % RESYNC_SLICES
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -85,6 +102,8 @@ pub async fn run(
         watchers: Mutex::new(HashMap::new()),
         triggers: tx.downgrade(),
         started_ms: endpoint::now_ms(),
+        fresh: Freshness::default(),
+        resyncs: std::sync::atomic::AtomicU64::new(0),
     });
     let runner = tokio::spawn(runner::run(rx, CONCURRENCY, {
         let shared = shared.clone();
@@ -164,6 +183,7 @@ impl Shared {
     /// One run of the runner: reconcile, then keep watchers and the index
     /// in step with what happened.
     async fn reconcile(self: Arc<Self>, cid: String) -> Result<(), String> {
+        let token = self.fresh.start(&cid);
         let outcome = reconcile_endpoint(&self.ctx, &cid, false)
             .await
             .map_err(|e| format!("{e:#}"))?;
@@ -171,7 +191,7 @@ impl Shared {
             Outcome::Removed { released, .. } | Outcome::Collected { released, .. } => {
                 tracing::info!(container = %cid, outcome = outcome.kind(), actions = %describe(outcome.actions()), released = ?released, "reconciled");
             }
-            Outcome::Ready { actions } if actions.is_empty() => {}
+            Outcome::Ready { actions, .. } if actions.is_empty() => {}
             Outcome::Unknown | Outcome::Failed { .. } => {}
             _ => {
                 tracing::info!(container = %cid, outcome = outcome.kind(), actions = %describe(outcome.actions()), "reconciled")
@@ -179,19 +199,25 @@ impl Shared {
         }
         let key = keys::endpoint(&self.ctx.node, &cid);
         match outcome {
-            Outcome::Ready { .. } => {
-                if let Err(e) = self.clone().watch(&cid).await {
-                    tracing::debug!(container = %cid, error = %e, "no event watch inside the container");
+            Outcome::Ready { generation, .. } => {
+                match self.clone().watch(&cid).await {
+                    // Right now, and every later change will be seen.
+                    Ok(()) => self.fresh.verified(&cid, generation, token),
+                    Err(e) => {
+                        tracing::debug!(container = %cid, error = %e, "no event watch inside the container")
+                    }
                 }
                 Ok(())
             }
             Outcome::Orphaned { remaining } => {
                 self.unwatch(&cid);
+                self.fresh.forget(&cid);
                 self.trigger(cid, remaining, false);
                 Ok(())
             }
             Outcome::Removed { .. } | Outcome::Collected { .. } | Outcome::Unknown => {
                 self.unwatch(&cid);
+                self.fresh.forget(&cid);
                 self.index.remove_key(&key);
                 Ok(())
             }
@@ -213,8 +239,8 @@ impl Shared {
                 None => return Ok(()),
             },
         };
-        if let Some((netns, _)) = self.watchers.lock().expect("watchers lock").get(cid) {
-            if *netns == ep.netns {
+        if let Some((netns, task)) = self.watchers.lock().expect("watchers lock").get(cid) {
+            if *netns == ep.netns && !task.is_finished() {
                 return Ok(());
             }
         }
@@ -230,12 +256,19 @@ impl Shared {
             loop {
                 tokio::select! {
                     event = events.next() => match event {
-                        Some(_) => shared.trigger(id.clone(), EVENT_DELAY, false),
-                        None => break,
+                        Some(_) => {
+                            shared.fresh.touch(&id);
+                            shared.trigger(id.clone(), EVENT_DELAY, false);
+                        }
+                        None => {
+                            shared.fresh.touch(&id);
+                            break;
+                        }
                     },
                     () = exit.exited() => {
                         // Closing our socket lets the namespace go.
                         drop(events);
+                        shared.fresh.touch(&id);
                         shared.trigger(id.clone(), Duration::ZERO, false);
                         break;
                     }
@@ -268,8 +301,23 @@ impl Shared {
             tracing::info!(actions = %describe(&strays), "removed links no endpoint accounts for");
         }
         self.index.replace_all(endpoints.iter().cloned());
-        let mut finished = Vec::with_capacity(endpoints.len());
-        for ep in endpoints {
+        let total = endpoints.len();
+        // Stale endpoints, plus one slice in RESYNC_SLICES of the fresh ones
+        // (in turn): what makes no kernel event (a sysctl changed behind our
+        // back) is still found within RESYNC_SLICES resyncs.
+        let round = self
+            .resyncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stale: Vec<Endpoint> = endpoints
+            .into_iter()
+            .filter(|ep| {
+                !self.fresh.is_fresh(&ep.container_id, ep.generation)
+                    || slice_of(&ep.container_id) == round % RESYNC_SLICES
+            })
+            .collect();
+        tracing::debug!(total, stale = stale.len(), "resync");
+        let mut finished = Vec::with_capacity(stale.len());
+        for ep in stale {
             let (done, rx) = oneshot::channel();
             let trigger = Trigger {
                 done: Some(done),
@@ -281,7 +329,7 @@ impl Shared {
         }
         let shared = self.clone();
         tokio::spawn(async move {
-            let count = finished.len();
+            let count = total;
             for rx in finished {
                 if rx.await.is_err() {
                     return; // stopping
@@ -452,7 +500,13 @@ async fn watch_node(shared: Arc<Shared>, tx: Triggers) {
             }
             _ => None,
         };
+        if let KernelEvent::Overrun = event {
+            tracing::warn!("kernel events were lost; every endpoint will be re-checked");
+            shared.fresh.touch_all();
+            continue;
+        }
         if let Some(cid) = owner {
+            shared.fresh.touch(&cid);
             let _ = tx
                 .send(Trigger {
                     at: Instant::now() + EVENT_DELAY,

@@ -6,6 +6,7 @@
 
 pub mod converge;
 pub mod daemon;
+pub mod freshness;
 pub mod index;
 pub mod kick;
 pub mod lock;

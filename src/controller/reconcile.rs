@@ -37,6 +37,8 @@ pub enum Outcome {
     Ready {
         /// Actions applied.
         actions: Vec<Action>,
+        /// The generation of intent now in place.
+        generation: u64,
     },
     /// Cleanup done: dataplane removed, addresses released, record deleted.
     Removed {
@@ -82,7 +84,7 @@ impl Outcome {
     /// The kernel actions this outcome applied (or would apply).
     pub fn actions(&self) -> &[Action] {
         match self {
-            Outcome::Ready { actions }
+            Outcome::Ready { actions, .. }
             | Outcome::Removed { actions, .. }
             | Outcome::Collected { actions, .. } => actions,
             _ => &[],
@@ -143,6 +145,7 @@ pub async fn reconcile_endpoint(
             }
             Ok(Outcome::Ready {
                 actions: done.actions,
+                generation: ep.value.generation,
             })
         }
         Err(e) if e.is_gone() => orphaned(ctx, &ep, status, &e, dry_run).await,

@@ -115,7 +115,9 @@ impl<'a> Applier<'a> {
     /// Applies `actions` in order; stops at the first failure.
     pub async fn apply_all(&mut self, actions: &[Action]) -> Result<(), ApplyError> {
         for a in actions {
+            let started = std::time::Instant::now();
             self.apply(a).await?;
+            tracing::trace!(action = %a, took_us = started.elapsed().as_micros() as u64, "applied");
         }
         Ok(())
     }
