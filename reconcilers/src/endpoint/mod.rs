@@ -127,6 +127,10 @@ pub struct EndpointDataplane {
     node: Conn,
     /// The inode of the node's namespace: never treated as a container's.
     node_inode: u64,
+    /// Whether this kernel has the per-interface IPv6 `force_forwarding`
+    /// (Linux ≥ 6.17). Without it, IPv6 between containers needs the node's
+    /// `net.ipv6.conf.all.forwarding=1`, which is the operator's to set.
+    force_forwarding: bool,
 }
 
 fn format_mac(mac: &[u8]) -> String {
@@ -150,9 +154,12 @@ impl EndpointDataplane {
         let node_inode = std::fs::metadata("/proc/thread-self/ns/net")
             .map_err(|source| NlError::Socket { source })?
             .ino();
+        let force_forwarding =
+            std::path::Path::new("/proc/sys/net/ipv6/conf/all/force_forwarding").exists();
         Ok(EndpointDataplane {
             node: Conn::current()?,
             node_inode,
+            force_forwarding,
         })
     }
 
@@ -180,10 +187,7 @@ impl EndpointDataplane {
             observe::observe_node(&self.node, &host, &c.ns, spec),
             observe::observe_container(&c.conn)
         )?;
-        let ipv6_force_forwarding = spec.ipv6.is_empty()
-            || host_link
-                .as_ref()
-                .is_none_or(|l| l.sysctls.contains_key(&Sysctl::Ipv6ForceForwarding));
+        let ipv6_force_forwarding = self.force_forwarding;
         Ok(Observed {
             host: host_link,
             host_routes,
