@@ -241,4 +241,38 @@ mod tests {
         assert_eq!(log[0].0, "a");
         assert_eq!(log[1], ("b".to_string(), 60_000));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_reconcile_is_a_failure_of_its_key() {
+        let runs = Arc::new(Mutex::new(0u32));
+        let (tx, rx) = mpsc::channel(16);
+        let counter = runs.clone();
+        let runner = tokio::spawn(run(rx, 2, move |_key: String| {
+            let counter = counter.clone();
+            async move {
+                let n = {
+                    let mut runs = counter.lock().unwrap();
+                    *runs += 1;
+                    *runs
+                };
+                if n == 1 {
+                    panic!("deliberate");
+                }
+                Ok(())
+            }
+        }));
+        let (done_tx, done_rx) = oneshot::channel();
+        tx.send(Trigger {
+            done: Some(done_tx),
+            ..Trigger::now("a".to_string())
+        })
+        .await
+        .unwrap();
+        // The waiter of the panicked run is told; the key is retried.
+        done_rx.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(*runs.lock().unwrap(), 2, "retried after the panic");
+        drop(tx);
+        runner.await.unwrap();
+    }
 }
