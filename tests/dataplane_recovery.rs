@@ -234,6 +234,58 @@ fn reboot_rebuilds_live_containers_and_collects_dead_ones() {
         "a second pass changes nothing: {out}"
     );
 
+    // Strays: a veth of ours no endpoint accounts for and a route of ours
+    // for a foreign address through an endpoint's veth are removed; a
+    // `cali*` veth of someone else (no alias of ours) is left alone.
+    let ns = &agent.node.ns;
+    ns.ip(&[
+        "link",
+        "add",
+        "calistray000001",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "straypeer1",
+    ]);
+    ns.ip(&["link", "set", "calistray000001", "alias", "calico-mesos"]);
+    ns.ip(&[
+        "link",
+        "add",
+        "califoreign0001",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "straypeer2",
+    ]);
+    let ifname = reconcilers::endpoint::host_ifname(&launched[0].id);
+    ns.ip(&[
+        "route",
+        "add",
+        "198.18.99.99/32",
+        "dev",
+        &ifname,
+        "proto",
+        "81",
+    ]);
+    let (ok, out, err) = agent.cli(&["reconcile"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("2 stray link(s) or route(s)"), "{out}");
+    assert!(out.contains("delete link calistray000001"), "{out}");
+    assert!(out.contains("delete route 198.18.99.99/32"), "{out}");
+    let links = agent.host_links();
+    assert!(!links.contains("calistray000001"), "{links:?}");
+    assert!(
+        links.contains("califoreign0001"),
+        "someone else's link stays: {links:?}"
+    );
+    assert!(!agent
+        .our_routes()
+        .iter()
+        .any(|r| r.starts_with("198.18.99.99")));
+    ns.ip(&["link", "del", "califoreign0001"]);
+
     // Two containers die and no cleanup ever comes (the agent restarted).
     let mut launched = launched;
     let dead: Vec<Launched> = launched.drain(2..).collect();

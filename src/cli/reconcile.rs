@@ -115,7 +115,7 @@ fn summary(pass: &Pass, dry_run: bool) -> String {
     }
     let what = if dry_run { "would change" } else { "changed" };
     out.push_str(&format!(
-        "{} endpoint(s): {ready} ready ({changed} {what}), {removed} removed, {orphaned} orphaned, {failed} failed; {} stray link(s)\n",
+        "{} endpoint(s): {ready} ready ({changed} {what}), {removed} removed, {orphaned} orphaned, {failed} failed; {} stray link(s) or route(s)\n",
         pass.outcomes.len(),
         pass.strays.len()
     ));

@@ -295,7 +295,9 @@ fn addresses(ep: &Endpoint) -> Vec<IpAddr> {
 }
 
 /// Lists the node's endpoints and removes (or, in a dry run, only lists)
-/// the links of ours that none of them accounts for. The kernel is read
+/// what of ours none of them accounts for: `cali*` veths with our alias
+/// whose name is no endpoint's, and routes of ours through one of our
+/// veths for an address its endpoint does not have. The kernel is read
 /// before the store: an endpoint is recorded before its link is made, so
 /// every link seen has its record in the list.
 pub async fn list_and_sweep(
@@ -307,16 +309,33 @@ pub async fn list_and_sweep(
         .into_iter()
         .map(|v| v.value)
         .collect();
-    let known: std::collections::HashSet<String> = endpoints
+    let wanted: std::collections::HashMap<String, Vec<IpAddr>> = endpoints
         .iter()
-        .map(|e| host_ifname(&e.container_id))
+        .map(|e| (host_ifname(&e.container_id), addresses(e)))
         .collect();
-    let strays: Vec<Action> = inventory
-        .links
-        .into_iter()
-        .filter(|(name, _)| !known.contains(name))
-        .map(|(name, index)| Action::DeleteHostLink { name, index })
-        .collect();
+    let mut strays = Vec::new();
+    let mut addresses_of_link = std::collections::HashMap::new();
+    for (name, index) in inventory.links {
+        match wanted.get(&name) {
+            Some(addrs) => {
+                addresses_of_link.insert(index, addrs);
+            }
+            None => strays.push(Action::DeleteHostLink { name, index }),
+        }
+    }
+    for r in inventory.routes {
+        let Some(addrs) = r.oif.and_then(|i| addresses_of_link.get(&i)) else {
+            continue; // not through one of our veths: not the endpoints' business
+        };
+        if !addrs.iter().any(|a| r.is_host_route_for(*a)) {
+            strays.push(Action::DeleteHostRoute {
+                dst: r.dst,
+                prefix_len: r.prefix_len,
+                table: r.table,
+                oif: r.oif.unwrap_or_default(),
+            });
+        }
+    }
     if !dry_run && !strays.is_empty() {
         ctx.dataplane.apply_node(&strays).await?;
     }

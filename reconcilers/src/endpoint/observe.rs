@@ -1,16 +1,16 @@
 //! Reads one endpoint's dataplane from the kernel (netlink only).
 //!
 //! Cost does not grow with the number of endpoints on the node: the host
-//! link is looked up by name, our routes through it come from a dump the
-//! kernel filters (table, protocol, output interface), and each container
-//! address gets one route lookup (`RTM_F_FIB_MATCH`). Nothing here dumps
-//! all links or all routes of the node; [`super::inventory`] does, for resync.
+//! link is looked up by name and each container address gets one route
+//! lookup (`RTM_F_FIB_MATCH`). Nothing here dumps the node's links or
+//! routes (a route dump walks the whole table even when the kernel filters
+//! what it sends back); the resync's inventory does, and sweeps routes of
+//! ours that no endpoint wants.
 
 use super::model::*;
 use super::plan::MAIN_TABLE;
 use crate::nl::Conn;
 use crate::nl::{request, NlError};
-use crate::ROUTE_PROTOCOL;
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -343,36 +343,13 @@ pub(crate) async fn observe_node(
     let (link, nsid) = (link?, nsid?);
     let mut routes: Vec<HostRoute> = Vec::new();
     let lookups = futures::future::join_all(spec.addresses().map(|a| host_route_for(node, a)));
-    let ours = async {
-        match &link {
-            Some(l) => {
-                let (v4, v6) = futures::join!(
-                    dump_routes(node, false, Some(ROUTE_PROTOCOL), Some(l.index)),
-                    dump_routes(node, true, Some(ROUTE_PROTOCOL), Some(l.index))
-                );
-                Ok::<_, NlError>([v4?, v6?].concat())
-            }
-            None => Ok(vec![]),
-        }
-    };
-    let (found, ours) = futures::join!(lookups, ours);
-    for (r, addr) in found.into_iter().zip(spec.addresses()) {
+    for (r, addr) in lookups.await.into_iter().zip(spec.addresses()) {
         let r = r.map_err(|source| ObserveError::Routes {
             what: format!("lookup of {addr}"),
             side: Side::Node,
             source,
         })?;
         routes.extend(r.map(to_host_route));
-    }
-    let ours = ours.map_err(|source| ObserveError::Routes {
-        what: format!("ours through {host_name}"),
-        side: Side::Node,
-        source,
-    })?;
-    for r in ours.into_iter().map(to_host_route) {
-        if !routes.contains(&r) {
-            routes.push(r);
-        }
     }
     let host = link.map(|l| HostLink {
         index: l.index,
