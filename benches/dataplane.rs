@@ -511,7 +511,13 @@ fn main() {
         node,
         containers,
     } = fleet;
+    let pids: Vec<u32> = containers.iter().map(|(c, _, _)| c.pid()).collect();
     drop(node);
+    let gone = wait_no_eth0(&pids, Duration::from_secs(300));
+    eprintln!(
+        "the kernel took {} to destroy the old node namespace",
+        ms(gone)
+    );
     let node = Node::new("breboot", 1);
     let mut cmd = env.command(&node.ns);
     cmd.arg("reconcile");

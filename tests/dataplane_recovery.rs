@@ -44,12 +44,12 @@ fn drift_is_repaired_without_any_isolate() {
         return;
     }
     let agent = Agent::new("drift", 1);
-    let daemon = agent.start_daemon();
+    let daemon = agent.start_daemon_with(&[("CALICO_MESOS_RESYNC_INTERVAL", "1s")]);
     let a = agent.launch(0, &[]);
     let b = agent.launch(1, &[]);
     let ifname = ifname_of(&agent, &a.id);
     type Break<'a> = (&'a str, Box<dyn Fn() + 'a>);
-    let breaks: [Break; 5] = [
+    let breaks: [Break; 6] = [
         (
             "delete the host-side veth",
             Box::new(|| {
@@ -87,6 +87,17 @@ fn drift_is_repaired_without_any_isolate() {
                 a.container.exec_ok(&["ip", "route", "del", "default"]);
             }),
         ),
+        // No event for this one: the resync finds it in its inventory.
+        (
+            "turn proxy ARP off on the host veth",
+            Box::new(|| {
+                agent.node.ns.exec_ok(&[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv4.conf.{ifname}.proxy_arp=0"),
+                ]);
+            }),
+        ),
     ];
     for (what, break_it) in &breaks {
         assert!(healthy(&agent, &a, &b), "healthy before: {what}");
@@ -98,7 +109,12 @@ fn drift_is_repaired_without_any_isolate() {
                 .is_some_and(|f| f.iter().any(|f| f == "UP"));
             let addrs = a.container.exec_ok(&["ip", "addr", "show", "dev", "eth0"]);
             let routes = a.container.exec_ok(&["ip", "route", "show", "default"]);
-            up && addrs.contains(&a.v6.to_string())
+            let proxy_arp = agent
+                .node
+                .ns
+                .sysctl(&format!("net/ipv4/conf/{ifname}/proxy_arp"));
+            up && proxy_arp == "1"
+                && addrs.contains(&a.v6.to_string())
                 && routes.contains("169.254.1.1")
                 && agent
                     .our_routes()

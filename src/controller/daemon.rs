@@ -11,7 +11,7 @@ use super::index::OwnerIndex;
 use super::kick::{self, KickReply, KickRequest};
 use super::lock::NodeLock;
 use super::loop_status::{self, LoopStatus};
-use super::reconcile::{list_and_sweep, reconcile_endpoint, NodeContext, Outcome};
+use super::reconcile::{list_and_sweep, reconcile_endpoint, spec_of, NodeContext, Outcome, Sweep};
 use super::runner::{self, Trigger};
 use crate::config::Config;
 use crate::endpoint::{self, Endpoint, NetnsId};
@@ -53,20 +53,6 @@ struct Shared {
     started_ms: u64,
     /// Endpoints known right without looking (see [`Freshness`]).
     fresh: Freshness,
-    /// Resyncs started so far.
-    resyncs: std::sync::atomic::AtomicU64,
-}
-
-/// A resync re-checks every stale endpoint and this fraction of the fresh
-/// ones, in turn.
-pub const RESYNC_SLICES: u64 = 10;
-
-/// Which slice of the fresh endpoints `cid` belongs to (stable: FNV-1a).
-fn slice_of(cid: &str) -> u64 {
-    let hash = cid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    hash % RESYNC_SLICES
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -103,7 +89,6 @@ pub async fn run(
         triggers: tx.downgrade(),
         started_ms: endpoint::now_ms(),
         fresh: Freshness::default(),
-        resyncs: std::sync::atomic::AtomicU64::new(0),
     });
     let runner = tokio::spawn(runner::run(rx, CONCURRENCY, {
         let shared = shared.clone();
@@ -296,23 +281,26 @@ impl Shared {
     /// enqueues every endpoint of the node; once all have run, records the
     /// pass in the loop status.
     async fn resync(self: &Arc<Self>, tx: &Triggers) -> anyhow::Result<()> {
-        let (endpoints, strays) = list_and_sweep(&self.ctx, false).await?;
+        let Sweep {
+            endpoints,
+            strays,
+            inventory,
+        } = list_and_sweep(&self.ctx, false).await?;
         if !strays.is_empty() {
-            tracing::info!(actions = %describe(&strays), "removed links no endpoint accounts for");
+            tracing::info!(actions = %describe(&strays), "removed links and routes no endpoint accounts for");
         }
         self.index.replace_all(endpoints.iter().cloned());
         let total = endpoints.len();
-        // Stale endpoints, plus one slice in RESYNC_SLICES of the fresh ones
-        // (in turn): what makes no kernel event (a sysctl changed behind our
-        // back) is still found within RESYNC_SLICES resyncs.
-        let round = self
-            .resyncs
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Stale endpoints, and fresh ones whose node side the inventory
+        // shows changed without an event (a sysctl changed behind our back).
         let stale: Vec<Endpoint> = endpoints
             .into_iter()
             .filter(|ep| {
                 !self.fresh.is_fresh(&ep.container_id, ep.generation)
-                    || slice_of(&ep.container_id) == round % RESYNC_SLICES
+                    || !self
+                        .ctx
+                        .dataplane
+                        .host_side_matches(&spec_of(ep), &inventory)
             })
             .collect();
         tracing::debug!(total, stale = stale.len(), "resync");

@@ -9,7 +9,9 @@
 use crate::endpoint::{self, Endpoint, EndpointStatus, Phase};
 use crate::ipam;
 use crate::store::{Store, Versioned};
-use reconcilers::endpoint::{host_ifname, Action, EndpointDataplane, EndpointError, EndpointSpec};
+use reconcilers::endpoint::{
+    host_ifname, Action, EndpointDataplane, EndpointError, EndpointSpec, Inventory,
+};
 use reconcilers::NetnsRef;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -300,10 +302,7 @@ fn addresses(ep: &Endpoint) -> Vec<IpAddr> {
 /// veths for an address its endpoint does not have. The kernel is read
 /// before the store: an endpoint is recorded before its link is made, so
 /// every link seen has its record in the list.
-pub async fn list_and_sweep(
-    ctx: &NodeContext,
-    dry_run: bool,
-) -> anyhow::Result<(Vec<Endpoint>, Vec<Action>)> {
+pub async fn list_and_sweep(ctx: &NodeContext, dry_run: bool) -> anyhow::Result<Sweep> {
     let inventory = ctx.dataplane.inventory().await?;
     let endpoints: Vec<Endpoint> = endpoint::list(ctx.store.as_ref(), &ctx.node)?
         .into_iter()
@@ -315,15 +314,18 @@ pub async fn list_and_sweep(
         .collect();
     let mut strays = Vec::new();
     let mut addresses_of_link = std::collections::HashMap::new();
-    for (name, index) in inventory.links {
-        match wanted.get(&name) {
+    for (name, link) in &inventory.links {
+        match wanted.get(name) {
             Some(addrs) => {
-                addresses_of_link.insert(index, addrs);
+                addresses_of_link.insert(link.index, addrs);
             }
-            None => strays.push(Action::DeleteHostLink { name, index }),
+            None => strays.push(Action::DeleteHostLink {
+                name: name.clone(),
+                index: link.index,
+            }),
         }
     }
-    for r in inventory.routes {
+    for r in &inventory.routes {
         let Some(addrs) = r.oif.and_then(|i| addresses_of_link.get(&i)) else {
             continue; // not through one of our veths: not the endpoints' business
         };
@@ -339,7 +341,22 @@ pub async fn list_and_sweep(
     if !dry_run && !strays.is_empty() {
         ctx.dataplane.apply_node(&strays).await?;
     }
-    Ok((endpoints, strays))
+    Ok(Sweep {
+        endpoints,
+        strays,
+        inventory,
+    })
+}
+
+/// What [`list_and_sweep`] found.
+#[derive(Debug)]
+pub struct Sweep {
+    /// Every endpoint of the node.
+    pub endpoints: Vec<Endpoint>,
+    /// What was removed (or, in a dry run, would be).
+    pub strays: Vec<Action>,
+    /// The node's links and routes of ours, as read before the sweep.
+    pub inventory: Inventory,
 }
 
 /// The result of one pass over every endpoint of the node.
@@ -369,7 +386,9 @@ pub async fn full_pass(
     concurrency: usize,
 ) -> anyhow::Result<Pass> {
     use futures::StreamExt;
-    let (endpoints, strays) = list_and_sweep(ctx, dry_run).await?;
+    let Sweep {
+        endpoints, strays, ..
+    } = list_and_sweep(ctx, dry_run).await?;
     let outcomes = futures::stream::iter(endpoints)
         .map(|ep| async move {
             let result = reconcile_endpoint(ctx, &ep.container_id, dry_run)

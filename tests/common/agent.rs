@@ -145,6 +145,11 @@ impl Agent {
     /// Starts the daemon in the node namespace and waits (bounded) until it
     /// listens.
     pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with(&[])
+    }
+
+    /// Like [`Self::start_daemon`], with extra environment.
+    pub fn start_daemon_with(&self, env: &[(&str, &str)]) -> Daemon {
         let log = self.store.path().join(format!(
             "daemon-{}.log",
             Instant::now().elapsed().as_nanos()
@@ -152,6 +157,7 @@ impl Agent {
         let mut cmd = self.command();
         cmd.arg("daemon")
             .env("CALICO_MESOS_LOG_LEVEL", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("daemon log"));

@@ -15,7 +15,7 @@ mod plan;
 pub use apply::ApplyError;
 pub use model::*;
 pub use observe::ObserveError;
-pub use plan::{is_pair, plan, PlanError, MAIN_TABLE};
+pub use plan::{host_side_matches, is_pair, plan, PlanError, MAIN_TABLE};
 
 use crate::netns::{open_container, NetnsError, NetnsRef, NsThread};
 use crate::nl::{request, Conn, NlError};
@@ -114,10 +114,19 @@ pub struct Ensured {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inventory {
     /// Veths whose name starts with [`HOST_IFNAME_PREFIX`] and whose alias
-    /// is [`crate::OWNER_ALIAS`]: (name, index).
-    pub links: Vec<(String, u32)>,
+    /// is [`crate::OWNER_ALIAS`], by name.
+    pub links: std::collections::BTreeMap<String, HostLink>,
     /// Routes with [`ROUTE_PROTOCOL`] in the main table.
     pub routes: Vec<HostRoute>,
+    /// (destination, output interface) of those that are host routes.
+    host_routes: std::collections::HashSet<(std::net::IpAddr, u32)>,
+}
+
+impl Inventory {
+    /// True when a host route of ours for `dst` goes through `oif`.
+    pub fn has_route(&self, dst: std::net::IpAddr, oif: u32) -> bool {
+        self.host_routes.contains(&(dst, oif))
+    }
 }
 
 /// The endpoint reconciler, bound to the namespace it was created in (the
@@ -299,7 +308,16 @@ impl EndpointDataplane {
                 let f = observe::link_facts(&l);
                 let ours = f.alias.as_deref() == Some(crate::OWNER_ALIAS);
                 if ours && f.is_veth && f.name.starts_with(HOST_IFNAME_PREFIX) {
-                    inv.links.push((f.name, f.index));
+                    let link = HostLink {
+                        index: f.index,
+                        is_veth: f.is_veth,
+                        mac: f.mac,
+                        up: f.up,
+                        peer_index: f.peer_index,
+                        peer_netnsid: f.peer_netnsid,
+                        sysctls: f.sysctls,
+                    };
+                    inv.links.insert(f.name, link);
                 }
             }
         }
@@ -313,6 +331,23 @@ impl EndpointDataplane {
                 oif: r.oif,
             }));
         }
+        inv.host_routes = inv
+            .routes
+            .iter()
+            .filter(|r| r.prefix_len == full_prefix(r.dst))
+            .filter_map(|r| Some((r.dst, r.oif?)))
+            .collect();
         Ok(inv)
+    }
+
+    /// True when the node side of `spec` is right according to `inv` (see
+    /// [`host_side_matches`]).
+    pub fn host_side_matches(&self, spec: &EndpointSpec, inv: &Inventory) -> bool {
+        host_side_matches(
+            spec,
+            inv.links.get(&host_ifname(&spec.container_id)),
+            |dst, oif| inv.has_route(dst, oif),
+            self.force_forwarding,
+        )
     }
 }

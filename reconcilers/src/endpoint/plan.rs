@@ -40,14 +40,14 @@ pub fn is_pair(host: &HostLink, eth0: &ContainerLink, container_nsid: Option<i32
 }
 
 /// The sysctls wanted on the host side.
-fn host_sysctls(spec: &EndpointSpec, obs: &Observed) -> Vec<(Sysctl, i32)> {
+fn host_sysctls(spec: &EndpointSpec, force_forwarding: bool) -> Vec<(Sysctl, i32)> {
     let mut v = vec![(Sysctl::Ipv4Forwarding, 1), (Sysctl::ProxyArp, 1)];
     if !spec.ipv6.is_empty() {
         // Off before the link goes up, so its link-local address never
         // waits on (or fails) duplicate address detection.
         v.push((Sysctl::AcceptDad, 0));
         v.push((Sysctl::Ipv6Forwarding, 1));
-        if obs.ipv6_force_forwarding {
+        if force_forwarding {
             v.push((Sysctl::Ipv6ForceForwarding, 1));
         }
     }
@@ -149,7 +149,7 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
     if host_now.mac.as_deref() != Some(&HOST_MAC[..]) {
         actions.push(Action::SetHostMac { host: host.clone() });
     }
-    for (sysctl, value) in host_sysctls(spec, obs) {
+    for (sysctl, value) in host_sysctls(spec, obs.ipv6_force_forwarding) {
         if host_now.sysctls.get(&sysctl) != Some(&value) {
             actions.push(Action::SetSysctl {
                 side: Side::Node,
@@ -268,4 +268,84 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
         }
     }
     Ok(actions)
+}
+
+/// True when the node side of an endpoint is as `spec` wants it, judged
+/// from a node-wide inventory: its host veth (MAC, up, sysctls) and a route
+/// of ours through it for every address. The container side is not seen
+/// here. Pure: the resync uses it to find drift that made no event.
+pub fn host_side_matches(
+    spec: &EndpointSpec,
+    link: Option<&HostLink>,
+    has_route: impl Fn(IpAddr, u32) -> bool,
+    force_forwarding: bool,
+) -> bool {
+    let Some(link) = link else {
+        return false;
+    };
+    link.is_veth
+        && link.up
+        && link.mac.as_deref() == Some(&HOST_MAC[..])
+        && host_sysctls(spec, force_forwarding)
+            .iter()
+            .all(|(sysctl, value)| link.sysctls.get(sysctl) == Some(value))
+        && spec.addresses().all(|a| has_route(a, link.index))
+}
+
+#[cfg(test)]
+mod host_side_tests {
+    use super::*;
+    use crate::netns::NetnsRef;
+    use std::net::Ipv4Addr;
+
+    fn spec() -> EndpointSpec {
+        EndpointSpec {
+            container_id: "c".into(),
+            netns: NetnsRef { pid: 1, inode: 2 },
+            ipv4: vec![Ipv4Addr::new(198, 18, 0, 1)],
+            ipv6: vec![],
+        }
+    }
+
+    fn good_link() -> HostLink {
+        HostLink {
+            index: 7,
+            is_veth: true,
+            mac: Some(HOST_MAC.to_vec()),
+            up: true,
+            peer_index: Some(2),
+            peer_netnsid: Some(0),
+            sysctls: [(Sysctl::Ipv4Forwarding, 1), (Sysctl::ProxyArp, 1)].into(),
+        }
+    }
+
+    #[test]
+    fn node_side_drift_is_seen_in_an_inventory() {
+        let s = spec();
+        let route = |dst: IpAddr, oif: u32| dst == IpAddr::V4(s.ipv4[0]) && oif == 7;
+        assert!(host_side_matches(&s, Some(&good_link()), route, false));
+        assert!(!host_side_matches(&s, None, route, false), "link missing");
+        assert!(
+            !host_side_matches(&s, Some(&good_link()), |_, _| false, false),
+            "route missing"
+        );
+        let mut l = good_link();
+        l.sysctls.insert(Sysctl::ProxyArp, 0);
+        assert!(
+            !host_side_matches(&s, Some(&l), route, false),
+            "proxy_arp off"
+        );
+        let mut l = good_link();
+        l.up = false;
+        assert!(!host_side_matches(&s, Some(&l), route, false), "down");
+        let mut l = good_link();
+        l.mac = Some(vec![2, 0, 0, 0, 0, 1]);
+        assert!(!host_side_matches(&s, Some(&l), route, false), "MAC");
+        let mut l = good_link();
+        l.index = 8;
+        assert!(
+            !host_side_matches(&s, Some(&l), route, false),
+            "route via another link"
+        );
+    }
 }
