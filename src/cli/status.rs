@@ -3,6 +3,7 @@
 
 use super::ipam::Output;
 use calico_mesos::config::Config;
+use calico_mesos::controller::kick::daemon_listening;
 use calico_mesos::controller::loop_status;
 use calico_mesos::endpoint::{self, Phase};
 use calico_mesos::store::Store;
@@ -79,14 +80,24 @@ pub fn run(config: &Config, store: &dyn Store, output: Output) -> anyhow::Result
         });
     }
     if let Output::Json = output {
-        let doc = serde_json::json!({ "node": node, "loop": loop_status, "endpoints": rows });
+        let daemon_up = daemon_listening(&config.run_dir);
+        let doc = serde_json::json!({ "node": node, "daemon_running": daemon_up, "loop": loop_status, "endpoints": rows });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     let now = endpoint::now_ms();
+    let daemon_up = daemon_listening(&config.run_dir);
+    println!(
+        "daemon: {}",
+        if daemon_up {
+            "running"
+        } else {
+            "not running (isolate and cleanup reconcile inline; nothing repairs drift in between)"
+        }
+    );
     match &loop_status {
         Some(l) => println!(
-            "node {node}: {} (pid {}){}",
+            "node {node}: last loop {} (pid {}){}",
             l.mode,
             l.pid,
             l.last_full_pass_ms

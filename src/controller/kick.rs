@@ -16,6 +16,11 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join(SOCKET_FILE)
 }
 
+/// True when a daemon listens on `run_dir`'s socket.
+pub fn daemon_listening(run_dir: &Path) -> bool {
+    UnixStream::connect(socket_path(run_dir)).is_ok()
+}
+
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
