@@ -23,6 +23,12 @@ fn end_to_end(tag: &str, with_daemon: bool) {
 
     // The kernel, read back: one link and two routes of ours per container.
     let status = agent.status();
+    assert_eq!(status["daemon_running"], with_daemon, "{status}");
+    let (ok, table, _) = agent.cli(&["status"]);
+    assert!(
+        ok && table.contains("Ready") && table.contains(&launched[3].v4.to_string()),
+        "{table}"
+    );
     let mut want_links = BTreeSet::new();
     let mut want_routes = BTreeSet::new();
     for (c, row) in launched.iter().zip(status["endpoints"].as_array().unwrap()) {
