@@ -11,6 +11,8 @@ mod apply;
 mod model;
 pub(crate) mod observe;
 mod plan;
+#[cfg(test)]
+mod plan_tests;
 
 pub use apply::ApplyError;
 pub use model::*;
