@@ -309,49 +309,55 @@ fn window(times: &[Duration], from: usize, len: usize) -> Duration {
 /// kernel's "link deleted" event to the "route added" event of the
 /// container address `addr` (the last step of a repair), both seen on an
 /// event subscription inside the node namespace.
+///
+/// The runtime is built here, in the root namespace, and only the event
+/// socket is made inside the node's: tokio's first IO-enabled runtime
+/// creates a process-wide socket pair (its signal registry), and a socket
+/// made inside the node namespace would keep that namespace alive for the
+/// rest of the run.
 fn repair_latency(node: &Netns, name: &str, addr: IpAddr, limit: Duration) -> Option<Duration> {
     use reconcilers::events::{Events, KernelEvent};
-    let (node_name, name) = (node.name().to_string(), name.to_string());
-    node.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut events = Events::node().unwrap();
-            let mut del = Command::new("ip");
-            del.args(["-n", &node_name, "link", "del", &name]);
-            let deleting = std::thread::spawn(move || del.status());
-            let mut deleted_at = None;
-            let result = tokio::time::timeout(limit, async {
-                while let Some(event) = events.next().await {
-                    match event {
-                        KernelEvent::Link {
-                            name: n,
-                            deleted: true,
-                            ..
-                        } if n == name => {
-                            deleted_at.get_or_insert_with(Instant::now);
-                        }
-                        KernelEvent::Route {
-                            dst,
-                            deleted: false,
-                            ..
-                        } if dst == addr => {
-                            if let Some(at) = deleted_at {
-                                return Some(at.elapsed());
-                            }
-                        }
-                        _ => {}
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut events = node.run(|| {
+        let _in_runtime = rt.enter();
+        Events::node().unwrap()
+    });
+    let mut del = Command::new("ip");
+    del.args(["-n", node.name(), "link", "del", name]);
+    let deleting = std::thread::spawn(move || del.status());
+    let result = rt.block_on(async {
+        let mut deleted_at = None;
+        tokio::time::timeout(limit, async {
+            while let Some(event) = events.next().await {
+                match event {
+                    KernelEvent::Link {
+                        name: n,
+                        deleted: true,
+                        ..
+                    } if n == name => {
+                        deleted_at.get_or_insert_with(Instant::now);
                     }
+                    KernelEvent::Route {
+                        dst,
+                        deleted: false,
+                        ..
+                    } if dst == addr => {
+                        if let Some(at) = deleted_at {
+                            return Some(at.elapsed());
+                        }
+                    }
+                    _ => {}
                 }
-                None
-            })
-            .await;
-            let _ = deleting.join();
-            result.ok().flatten()
+            }
+            None
         })
-    })
+        .await
+    });
+    let _ = deleting.join();
+    result.ok().flatten()
 }
 
 /// Destroys a node namespace and waits (bounded) until the kernel has

@@ -18,13 +18,15 @@ fn spec(c: &Container, id: &str, n: u8) -> EndpointSpec {
     }
 }
 
-/// Runs `f` with a reconciler inside the node namespace.
+/// Runs `f` with a reconciler inside the node namespace. The runtime is
+/// built outside it: tokio's first IO runtime makes a process-wide socket
+/// pair, which would otherwise pin the node namespace.
 fn in_node<R: Send>(node: &Node, f: impl AsyncFnOnce(&EndpointDataplane) -> R + Send) -> R {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     node.ns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         rt.block_on(async move {
             let dp = EndpointDataplane::new().unwrap();
             f(&dp).await

@@ -19,23 +19,17 @@ pub struct Container {
 }
 
 impl Container {
-    /// Starts `ip netns exec <node> unshare --net sleep infinity`.
+    /// Starts `nsenter --net=/run/netns/<node> unshare --net sleep infinity`.
     ///
-    /// `ip netns exec` and `unshare` (without `--fork`) both exec in place,
-    /// so the child's pid is the sleep's pid. Waits (bounded) until the
+    /// `nsenter` and `unshare` (without `--fork`) both exec in place, so the
+    /// child's pid is the sleep's pid; unlike `ip netns exec`, nothing is
+    /// mounted and no mount namespace is made. Waits (bounded) until the
     /// process really sits in a namespace of its own.
     pub fn new(node: &Netns) -> Container {
         let node_inode = node.inode();
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                node.name(),
-                "unshare",
-                "--net",
-                "sleep",
-                "infinity",
-            ])
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", node.path().display()))
+            .args(["unshare", "--net", "sleep", "infinity"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
