@@ -5,6 +5,7 @@
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,6 +38,9 @@ pub struct Config {
     /// How long an endpoint whose container is gone is kept before its
     /// interface is removed and its addresses are released.
     pub orphan_grace: Duration,
+    /// This node's own addresses, which its host profile lets reach its
+    /// containers; `None` = detect them (`policy::node_addresses`).
+    pub node_addresses: Option<Vec<IpAddr>>,
 }
 
 /// The file's form: every key optional, nothing else allowed.
@@ -52,6 +56,41 @@ struct FileConfig {
     isolate_timeout: Option<String>,
     resync_interval: Option<String>,
     orphan_grace: Option<String>,
+    node_addresses: Option<AddressList>,
+}
+
+/// `node_addresses` as written: a YAML list, or one string with the
+/// addresses separated by commas (the environment variable's form).
+#[derive(Debug)]
+enum AddressList {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for AddressList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AddressList;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of IP addresses, or one string of comma-separated addresses")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AddressList, E> {
+                Ok(AddressList::Text(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AddressList, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(AddressList::List(items))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// Errors of configuration.
@@ -142,6 +181,11 @@ impl Config {
                 "ISOLATE_TIMEOUT" => &mut file.isolate_timeout,
                 "RESYNC_INTERVAL" => &mut file.resync_interval,
                 "ORPHAN_GRACE" => &mut file.orphan_grace,
+                "NODE_ADDRESSES" => {
+                    // A list, not a string: comma-separated.
+                    file.node_addresses = Some(AddressList::Text(value.clone()));
+                    continue;
+                }
                 _ => return Err(ConfigError::UnknownVariable(name.clone())),
             };
             *slot = Some(value.clone());
@@ -165,6 +209,7 @@ impl Config {
             isolate_timeout: duration("isolate_timeout", file.isolate_timeout, 30)?,
             resync_interval: duration("resync_interval", file.resync_interval, 60)?,
             orphan_grace: duration("orphan_grace", file.orphan_grace, 60)?,
+            node_addresses: file.node_addresses.map(node_addresses).transpose()?,
         })
     }
 }
@@ -187,6 +232,52 @@ fn duration(
         Ok(d) => Ok(d),
         Err(message) => Err(ConfigError::BadValue { key, message }),
     }
+}
+
+/// The `node_addresses` key: one or more distinct unicast addresses, each
+/// written alone (no prefix length).
+fn node_addresses(value: AddressList) -> Result<Vec<IpAddr>, ConfigError> {
+    let bad = |message: String| ConfigError::BadValue {
+        key: "node_addresses",
+        message,
+    };
+    let items: Vec<String> = match value {
+        AddressList::List(items) => items,
+        AddressList::Text(text) if text.trim().is_empty() => vec![],
+        AddressList::Text(text) => text.split(',').map(str::to_string).collect(),
+    };
+    if items.is_empty() {
+        return Err(bad(
+            "must list at least one address (leave the key out to detect the node's addresses)"
+                .into(),
+        ));
+    }
+    let mut out: Vec<IpAddr> = Vec::with_capacity(items.len());
+    for item in items {
+        let text = item.trim();
+        if text.is_empty() {
+            return Err(bad("has an empty entry".into()));
+        }
+        let addr: IpAddr = text.parse().map_err(|_| {
+            if text.contains('/') {
+                bad(format!(
+                    "'{text}' is a network: write the node's address alone, without a prefix length"
+                ))
+            } else {
+                bad(format!("'{text}' is not an IP address"))
+            }
+        })?;
+        if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() {
+            return Err(bad(format!(
+                "'{text}' cannot be a node's address (unspecified, loopback or multicast)"
+            )));
+        }
+        if out.contains(&addr) {
+            return Err(bad(format!("'{text}' is listed twice")));
+        }
+        out.push(addr);
+    }
+    Ok(out)
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
@@ -319,6 +410,83 @@ mod tests {
         let text = include_str!("../deploy/config.yaml");
         let c = resolve(text, &[("CALICO_MESOS_NODENAME", "n")]).unwrap();
         assert_eq!(c.store_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn node_addresses_from_the_file_or_the_environment() {
+        let ips =
+            |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|a| a.parse().unwrap()).collect() };
+        let n = [("CALICO_MESOS_NODENAME", "n")];
+        /// File text, environment, the addresses resolved.
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<Vec<IpAddr>>);
+        let cases: Vec<Case> = vec![
+            ("", vec![], None),
+            (
+                "node_addresses: [198.19.0.1, '2001:db8:f::1']\n",
+                vec![],
+                Some(ips(&["198.19.0.1", "2001:db8:f::1"])),
+            ),
+            (
+                "node_addresses:\n  - 198.19.0.1\n",
+                vec![],
+                Some(ips(&["198.19.0.1"])),
+            ),
+            (
+                "node_addresses: 198.19.0.1, 198.19.0.2\n",
+                vec![],
+                Some(ips(&["198.19.0.1", "198.19.0.2"])),
+            ),
+            (
+                "node_addresses: [198.19.0.1]\n",
+                vec![("CALICO_MESOS_NODE_ADDRESSES", " 198.19.0.9 , 2001:db8:f::9")],
+                Some(ips(&["198.19.0.9", "2001:db8:f::9"])),
+            ),
+        ];
+        for (text, env, want) in cases {
+            let env: Vec<(&str, &str)> = n.iter().copied().chain(env).collect();
+            let c = resolve(text, &env).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(c.node_addresses, want, "{text:?} {env:?}");
+        }
+    }
+
+    #[test]
+    fn bad_node_addresses_are_refused_with_the_reason() {
+        let cases = [
+            ("node_addresses: []\n", "at least one address"),
+            ("node_addresses: ''\n", "at least one address"),
+            ("node_addresses: [nope]\n", "'nope' is not an IP address"),
+            ("node_addresses: 198.19.0.1,,198.19.0.2\n", "empty entry"),
+            (
+                "node_addresses: [198.19.0.1/24]\n",
+                "without a prefix length",
+            ),
+            ("node_addresses: [0.0.0.0]\n", "cannot be a node's address"),
+            ("node_addresses: ['::1']\n", "cannot be a node's address"),
+            (
+                "node_addresses: [224.0.0.1]\n",
+                "cannot be a node's address",
+            ),
+            ("node_addresses: [198.19.0.1, 198.19.0.1]\n", "listed twice"),
+        ];
+        for (text, want) in cases {
+            let err = resolve(text, &[("CALICO_MESOS_NODENAME", "n")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("node_addresses") && err.contains(want),
+                "{text:?}: {err}"
+            );
+        }
+        let err = resolve(
+            "",
+            &[
+                ("CALICO_MESOS_NODENAME", "n"),
+                ("CALICO_MESOS_NODE_ADDRESSES", "198.19.0.1,example.org"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("'example.org' is not an IP address"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod events;
 pub mod netns;
 mod nl;
+pub mod node;
 
 pub use netns::{NetnsError, NetnsRef};
 pub use nl::NlError;
