@@ -10,6 +10,7 @@ pub mod events;
 pub mod netns;
 mod nl;
 pub mod node;
+pub mod policy;
 
 pub use netns::{NetnsError, NetnsRef};
 pub use nl::NlError;

@@ -1,0 +1,34 @@
+//! The policy reconciler: one nftables table, `inet calico-mesos`, that
+//! holds every endpoint's inbound and outbound rules, netgroup membership
+//! as sets and anti-spoofing (DESIGN.md, "Policy" and "Dataplane per
+//! endpoint").
+//!
+//! Pure planning is separated from side effects: [`render()`] (spec →
+//! [`Ruleset`]), [`parse_listing`] (nft's JSON → [`Ruleset`]), [`plan()`]
+//! (desired, observed → [`PolicyAction`]s) and [`to_nft()`] (actions → one
+//! nft JSON transaction) touch nothing. [`PolicyDataplane`] runs `nft`;
+//! [`NftEvents`] listens for commits by others.
+//!
+//! Owns our table and nothing else: no other table is ever listed,
+//! changed or deleted, and traffic that touches no `cali*` interface is
+//! never judged by it.
+
+mod apply;
+mod events;
+mod model;
+mod nft;
+mod observe;
+mod plan;
+#[cfg(test)]
+mod plan_tests;
+mod render;
+mod ruleset;
+
+pub use apply::{PolicyDataplane, PolicyError, NFT_TIMEOUT};
+pub use events::{parse_datagram, NftEvent, NftEvents};
+pub use model::*;
+pub use nft::to_nft;
+pub use observe::{parse_listing, ObserveError};
+pub use plan::{plan, simulate, PolicyAction, SimulateError};
+pub use render::{render, valid_endpoint, valid_netgroup, RenderError};
+pub use ruleset::*;

@@ -1,0 +1,620 @@
+//! The policy reconciler against the real kernel, inside test namespaces
+//! (TESTING.md): apply and read back, real pings that follow the profile
+//! matrix in both families, anti-spoofing, drift repaired after nft events
+//! from someone else, membership changes as element updates, and a timing
+//! printout at 1,000 endpoints.
+
+use reconcilers::endpoint::{host_ifname, EndpointDataplane, EndpointSpec};
+use reconcilers::policy::{
+    render, to_nft, EndpointPolicy, Members, NftEvent, NftEvents, PolicyAction, PolicyDataplane,
+    PolicySpec, ProfileRules, Rule,
+};
+use reconcilers::NetnsRef;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+use testsupport::{ping, ping_from, require_root, run_ok, Container, Exec, Node};
+
+/// A node namespace, a runtime made outside it (tokio's first IO runtime
+/// makes a process-wide socket pair, which would otherwise pin the node
+/// namespace) and a policy dataplane bound to the node. Fields drop in
+/// order: the dataplane's namespace handle first, the node last.
+struct Harness {
+    dp: PolicyDataplane,
+    rt: tokio::runtime::Runtime,
+    node: Node,
+}
+
+impl Harness {
+    fn new(tag: &str, x: u8) -> Harness {
+        let node = Node::new(tag, x);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dp = node.ns.run(PolicyDataplane::new);
+        Harness { dp, rt, node }
+    }
+
+    /// Runs `f` on a thread inside the node namespace.
+    fn block<R: Send>(&self, f: impl AsyncFnOnce(&PolicyDataplane) -> R + Send) -> R {
+        let (rt, dp) = (&self.rt, &self.dp);
+        self.node.ns.run(move || rt.block_on(f(dp)))
+    }
+
+    fn ensure(&self, spec: &PolicySpec) -> Vec<PolicyAction> {
+        self.block(async |dp| dp.ensure(spec, false).await.unwrap())
+    }
+
+    /// The kernel's table equals what `spec` renders to, read fresh.
+    fn assert_kernel_is(&self, spec: &PolicySpec) {
+        let observed = self.block(async |dp| dp.observe().await.unwrap());
+        assert_eq!(observed, Some(render(spec).unwrap()));
+    }
+
+    /// `nft <args>` in the node namespace (the test's own change).
+    fn nft(&self, args: &[&str]) -> String {
+        let mut cmd = self.node.ns.command("nft");
+        cmd.args(args);
+        run_ok(&mut cmd).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// One test container with its endpoint made by the endpoint reconciler.
+struct Ep {
+    c: Container,
+    ifname: String,
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+}
+
+impl Ep {
+    fn addr(&self, v6: bool) -> IpAddr {
+        if v6 {
+            IpAddr::V6(self.v6)
+        } else {
+            IpAddr::V4(self.v4)
+        }
+    }
+}
+
+/// Makes containers 1..=n (addresses 198.18.0.x, 2001:db8:1::x) with real
+/// veths.
+fn endpoints(h: &Harness, n: u8) -> Vec<Ep> {
+    let eps: Vec<Ep> = (1..=n)
+        .map(|x| Ep {
+            c: Container::new(&h.node.ns),
+            ifname: host_ifname(&format!("policy-{x}")),
+            v4: Ipv4Addr::new(198, 18, 0, x),
+            v6: Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, x as u16),
+        })
+        .collect();
+    let specs: Vec<EndpointSpec> = eps
+        .iter()
+        .enumerate()
+        .map(|(i, e)| EndpointSpec {
+            container_id: format!("policy-{}", i + 1),
+            netns: NetnsRef {
+                pid: e.c.pid(),
+                inode: e.c.inode(),
+            },
+            ipv4: vec![e.v4],
+            ipv6: vec![e.v6],
+        })
+        .collect();
+    let rt = &h.rt;
+    h.node.ns.run(move || {
+        rt.block_on(async {
+            let edp = EndpointDataplane::new().unwrap();
+            for s in &specs {
+                edp.ensure(s, false).await.unwrap();
+            }
+        })
+    });
+    eps
+}
+
+/// Profiles as the store makes them: the host profile of this node,
+/// `public`, and one per netgroup.
+fn profiles(node: &Node, netgroups: &[&str]) -> BTreeMap<String, ProfileRules> {
+    let node_rules = vec![
+        Rule::Cidr(format!("{}/32", node.v4).parse().unwrap()),
+        Rule::Cidr(format!("{}/128", node.v6).parse().unwrap()),
+    ];
+    let mut p = BTreeMap::new();
+    p.insert(
+        "host:node1".to_string(),
+        ProfileRules {
+            inbound: node_rules.clone(),
+            outbound: node_rules,
+        },
+    );
+    p.insert(
+        "public".to_string(),
+        ProfileRules {
+            inbound: vec![Rule::All],
+            outbound: vec![Rule::All],
+        },
+    );
+    for n in netgroups {
+        p.insert(
+            n.to_string(),
+            ProfileRules {
+                inbound: vec![Rule::Netgroup(n.to_string())],
+                outbound: vec![Rule::All],
+            },
+        );
+    }
+    p
+}
+
+/// The spec for `eps[i]` in `groups[i]` ("public" selects the profile).
+fn spec(node: &Node, eps: &[&Ep], groups: &[&[&str]]) -> PolicySpec {
+    let mut s = PolicySpec {
+        profiles: profiles(node, &["a", "b"]),
+        ..Default::default()
+    };
+    for (e, gs) in eps.iter().zip(groups) {
+        let mut prof = vec!["host:node1".to_string()];
+        for g in *gs {
+            prof.push(g.to_string());
+            if *g != "public" {
+                let m = s.netgroups.entry(g.to_string()).or_default();
+                m.ipv4.insert(e.v4);
+                m.ipv6.insert(e.v6);
+            }
+        }
+        s.endpoints.insert(
+            e.ifname.clone(),
+            EndpointPolicy {
+                ipv4: vec![e.v4],
+                ipv6: vec![e.v6],
+                profiles: prof,
+            },
+        );
+    }
+    s
+}
+
+/// Pings every (from, to, family) concurrently (each bounded by -W1) and
+/// returns the outcomes in order.
+fn pings<F: Exec + Sync>(cases: &[(&F, IpAddr)]) -> Vec<bool> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = cases
+            .iter()
+            .map(|(from, to)| s.spawn(move || ping(*from, *to)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Checks every ordered pair of containers in both families against
+/// `allowed(from, to)`.
+fn check_matrix(eps: &[Ep], allowed: impl Fn(usize, usize) -> bool, what: &str) {
+    let mut cases = vec![];
+    let mut expect = vec![];
+    for (i, a) in eps.iter().enumerate() {
+        for (j, b) in eps.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            for v6 in [false, true] {
+                cases.push((&a.c, b.addr(v6)));
+                expect.push((i + 1, j + 1, v6, allowed(i, j)));
+            }
+        }
+    }
+    let got = pings(&cases);
+    let wrong: Vec<String> = expect
+        .iter()
+        .zip(&got)
+        .filter(|((.., want), got)| want != *got)
+        .map(|((i, j, v6, want), _)| {
+            format!(
+                "{i}->{j} {}: expected {}",
+                if *v6 { "v6" } else { "v4" },
+                if *want { "reply" } else { "none" }
+            )
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{what}: {wrong:?}");
+}
+
+#[test]
+fn applies_reads_back_and_pings_follow_the_profiles() {
+    if !require_root() {
+        return;
+    }
+    let h = Harness::new("polmatrix", 1);
+    // 1, 2 in netgroup a; 3 in b; 4 public; 5 has a veth but no policy yet.
+    let eps = endpoints(&h, 5);
+    let groups: [&[&str]; 4] = [&["a"], &["a"], &["b"], &["public"]];
+    let with_policy: Vec<&Ep> = eps[..4].iter().collect();
+    let s = spec(&h.node, &with_policy, &groups);
+
+    // Without our table every pair talks: a failure later is the policy's.
+    check_matrix(&eps, |_, _| true, "no policy yet");
+
+    let first = h.ensure(&s);
+    assert_eq!(first[0], PolicyAction::CreateTable);
+    h.assert_kernel_is(&s);
+    assert!(h.ensure(&s).is_empty(), "second ensure (cached)");
+    h.dp.forget();
+    assert!(
+        h.ensure(&s).is_empty(),
+        "second ensure (read from the kernel)"
+    );
+    let dry = h.block(async |dp| dp.ensure(&s, true).await.unwrap());
+    assert!(dry.is_empty());
+
+    let in_group = |i: usize, g: &str| i < 4 && groups[i].contains(&g);
+    check_matrix(
+        &eps,
+        |from, to| {
+            // Outbound is open for netgroup and public profiles; what
+            // decides is the destination's inbound rules. Endpoint 5 has
+            // no policy: everything to and from it is dropped.
+            from != 4
+                && to != 4
+                && (in_group(to, "public")
+                    || groups[to]
+                        .iter()
+                        .any(|g| *g != "public" && in_group(from, g)))
+        },
+        "with policy",
+    );
+
+    // The node reaches every endpoint with policy (host profile), and
+    // they reach it; endpoint 5 is cut off both ways.
+    let mut node_cases = vec![];
+    for e in &eps {
+        for v6 in [false, true] {
+            node_cases.push((&h.node.ns, e.addr(v6)));
+        }
+    }
+    let got = pings(&node_cases);
+    let want: Vec<bool> = (0..10).map(|i| i < 8).collect();
+    assert_eq!(got, want, "node -> endpoints");
+    let node4 = IpAddr::V4(h.node.v4);
+    let node6 = IpAddr::V6(h.node.v6);
+    let back: Vec<(&Container, IpAddr)> = eps
+        .iter()
+        .flat_map(|e| [(&e.c, node4), (&e.c, node6)])
+        .collect();
+    assert_eq!(pings(&back), want, "endpoints -> node");
+
+    // Removing the table opens everything again; removing twice is fine.
+    assert!(h.block(async |dp| dp.remove().await.unwrap()));
+    assert!(!h.block(async |dp| dp.remove().await.unwrap()));
+    assert_eq!(h.block(async |dp| dp.observe().await.unwrap()), None);
+    assert!(ping(&eps[2].c, eps[0].addr(false)));
+}
+
+#[test]
+fn an_endpoint_sends_only_from_its_own_addresses() {
+    if !require_root() {
+        return;
+    }
+    let h = Harness::new("polspoof", 2);
+    let eps = endpoints(&h, 1);
+    let a = &eps[0];
+    let mut s = spec(&h.node, &[a], &[&["public"]]);
+    h.ensure(&s);
+
+    // A foreign address in the test range on the container's eth0, and a
+    // way back to it from the node, so only policy can stop the reply.
+    let spoof4 = Ipv4Addr::new(198, 18, 99, 1);
+    let spoof6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x99);
+    a.c.exec_ok(&["ip", "addr", "add", &format!("{spoof4}/32"), "dev", "eth0"]);
+    a.c.exec_ok(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{spoof6}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    h.node
+        .ns
+        .ip(&["route", "add", &format!("{spoof4}/32"), "dev", &a.ifname]);
+    h.node
+        .ns
+        .ip(&["route", "add", &format!("{spoof6}/128"), "dev", &a.ifname]);
+    let node4 = IpAddr::V4(h.node.v4);
+    let node6 = IpAddr::V6(h.node.v6);
+    // (the source is forced: with two addresses the kernel may pick either)
+    assert!(
+        ping_from(&a.c, a.addr(false), node4),
+        "its own address passes"
+    );
+    assert!(
+        ping_from(&a.c, a.addr(true), node6),
+        "its own address passes (v6)"
+    );
+    assert!(
+        !ping_from(&a.c, IpAddr::V4(spoof4), node4),
+        "spoofed v4 dropped"
+    );
+    assert!(
+        !ping_from(&a.c, IpAddr::V6(spoof6), node6),
+        "spoofed v6 dropped"
+    );
+
+    // The same packets pass once the address is the endpoint's: the drop
+    // above was anti-spoofing, nothing else.
+    let ep = s.endpoints.get_mut(&a.ifname).unwrap();
+    ep.ipv4.push(spoof4);
+    ep.ipv6.push(spoof6);
+    let actions = h.ensure(&s);
+    assert!(
+        actions
+            .iter()
+            .all(|a| matches!(a, PolicyAction::AddElements { .. })),
+        "{actions:?}"
+    );
+    assert!(ping_from(&a.c, IpAddr::V4(spoof4), node4));
+    assert!(ping_from(&a.c, IpAddr::V6(spoof6), node6));
+}
+
+/// Waits (bounded) for a commit event that `pick` accepts; returns its pid.
+async fn wait_commit(events: &mut NftEvents, pick: impl Fn(u32) -> bool) -> u32 {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.next().await {
+                Some(NftEvent::Committed { pid: Some(p), .. }) if pick(p) => return p,
+                Some(_) => continue,
+                None => panic!("event socket closed"),
+            }
+        }
+    })
+    .await
+    .expect("a commit event within 5 s")
+}
+
+#[test]
+fn drift_is_seen_as_someone_elses_commit_and_repaired() {
+    if !require_root() {
+        return;
+    }
+    let h = Harness::new("poldrift", 3);
+    let eps = endpoints(&h, 2);
+    let (x, y) = (&eps[0], &eps[1]);
+    let s = spec(&h.node, &[x, y], &[&["a"], &["b"]]);
+    let rt = &h.rt;
+    let dp = &h.dp;
+    let sref = &s;
+    // One block: the event subscription lives in this runtime and thread.
+    let foreign = h.node.ns.run(move || {
+        rt.block_on(async move {
+            let mut events = NftEvents::new().unwrap();
+            dp.ensure(sref, false).await.unwrap();
+            let ours = wait_commit(&mut events, |p| dp.spawned_by_us(p)).await;
+
+            // Someone else deletes our table (this thread is in the node
+            // namespace, so the child is too).
+            let child = std::process::Command::new("nft")
+                .args(["delete", "table", "inet", "calico-mesos"])
+                .spawn()
+                .unwrap();
+            let theirs = child.id();
+            assert!(child.wait_with_output().unwrap().status.success());
+            let seen = wait_commit(&mut events, |p| p == theirs).await;
+            assert!(!dp.spawned_by_us(seen));
+            assert_ne!(seen, ours);
+            seen
+        })
+    });
+    assert!(!h.dp.spawned_by_us(foreign));
+    assert!(ping(&y.c, x.addr(false)), "table gone: all open");
+
+    // Without forget() the cache is trusted; with it the kernel is read.
+    assert!(h.ensure(&s).is_empty(), "cache believes the table exists");
+    h.dp.forget();
+    let repaired = h.ensure(&s);
+    assert_eq!(repaired[0], PolicyAction::CreateTable);
+    h.assert_kernel_is(&s);
+    assert!(!ping(&y.c, x.addr(false)), "policy back");
+    assert!(ping(&h.node.ns, x.addr(true)));
+
+    // Deleted again, and this time a change comes before any forget():
+    // the incremental transaction fails on the missing set, so ensure
+    // reads the kernel, plans again (a full create) and applies that.
+    h.nft(&["delete", "table", "inet", "calico-mesos"]);
+    let mut s2 = s.clone();
+    s2.netgroups
+        .get_mut("a")
+        .unwrap()
+        .ipv4
+        .insert(Ipv4Addr::new(198, 18, 1, 1));
+    let retried = h.ensure(&s2);
+    assert_eq!(retried[0], PolicyAction::CreateTable, "{retried:?}");
+    h.assert_kernel_is(&s2);
+    assert!(h.ensure(&s).len() == 1, "back to s: one element out");
+
+    // A member deleted from a netgroup set: one element comes back.
+    h.nft(&[
+        "delete",
+        "element",
+        "inet",
+        "calico-mesos",
+        "ng.a.v4",
+        &format!("{{ {} }}", x.v4),
+    ]);
+    h.dp.forget();
+    let actions = h.ensure(&s);
+    assert_eq!(
+        actions.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        ["add 1 element to set ng.a.v4"]
+    );
+
+    // A rule slipped into an endpoint chain: that chain is rewritten.
+    let chain = format!("ep-in.{}", x.ifname);
+    h.nft(&["insert", "rule", "inet", "calico-mesos", &chain, "accept"]);
+    assert!(ping(&y.c, x.addr(false)), "the inserted rule opened x");
+    h.dp.forget();
+    let actions = h.ensure(&s);
+    assert!(
+        matches!(actions.as_slice(), [PolicyAction::ReplaceChain { name, .. }] if *name == chain),
+        "{actions:?}"
+    );
+    h.assert_kernel_is(&s);
+    assert!(!ping(&y.c, x.addr(false)));
+}
+
+#[test]
+fn joining_a_netgroup_is_element_updates_and_opens_its_members() {
+    if !require_root() {
+        return;
+    }
+    let h = Harness::new("polmember", 4);
+    let eps = endpoints(&h, 2);
+    let (x, y) = (&eps[0], &eps[1]);
+    let mut s = spec(&h.node, &[x, y], &[&["a"], &["b"]]);
+    h.ensure(&s);
+    assert!(!ping(&y.c, x.addr(false)));
+    assert!(!ping(&y.c, x.addr(true)));
+
+    // y becomes a member of a: its addresses join a's sets, nothing else.
+    let m: &mut Members = s.netgroups.get_mut("a").unwrap();
+    m.ipv4.insert(y.v4);
+    m.ipv6.insert(y.v6);
+    let dry = h.block(async |dp| dp.ensure(&s, true).await.unwrap());
+    assert_eq!(dry.len(), 2, "{dry:?}");
+    assert!(!ping(&y.c, x.addr(false)), "a dry run changes nothing");
+    let actions = h.ensure(&s);
+    assert_eq!(actions, dry);
+    assert_eq!(
+        actions.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        [
+            "add 1 element to set ng.a.v4",
+            "add 1 element to set ng.a.v6"
+        ]
+    );
+    assert!(ping(&y.c, x.addr(false)), "y reaches a's members");
+    assert!(ping(&y.c, x.addr(true)));
+    // x -> y still needs y's own rules to accept a: its profile.
+    assert!(!ping(&x.c, y.addr(false)));
+    s.endpoints
+        .get_mut(&y.ifname)
+        .unwrap()
+        .profiles
+        .push("a".into());
+    let actions = h.ensure(&s);
+    assert!(
+        matches!(actions.as_slice(), [PolicyAction::ReplaceChain { name, .. }] if *name == format!("ep-in.{}", y.ifname)),
+        "{actions:?}"
+    );
+    assert!(ping(&x.c, y.addr(false)));
+    assert!(ping(&x.c, y.addr(true)));
+}
+
+/// A node-sized spec: `n` endpoints (veths are not needed for nft) in
+/// `groups` netgroups, each in one or two of them.
+fn big_spec(node: &Node, n: u32, groups: u32) -> PolicySpec {
+    let names: Vec<String> = (0..groups).map(|g| format!("ng{g}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut s = PolicySpec {
+        profiles: profiles(node, &refs),
+        ..Default::default()
+    };
+    for i in 0..n {
+        let v4 = Ipv4Addr::new(198, 18, (i / 250) as u8 + 10, (i % 250) as u8 + 1);
+        let v6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 1, i as u16);
+        let mut prof = vec!["host:node1".to_string()];
+        for g in [i % groups, (i * 7 + 3) % groups] {
+            let name = format!("ng{g}");
+            if prof.contains(&name) {
+                continue;
+            }
+            prof.push(name.clone());
+            let m = s.netgroups.entry(name).or_default();
+            m.ipv4.insert(v4);
+            m.ipv6.insert(v6);
+        }
+        s.endpoints.insert(
+            host_ifname(&format!("big-{i}")),
+            EndpointPolicy {
+                ipv4: vec![v4],
+                ipv6: vec![v6],
+                profiles: prof,
+            },
+        );
+    }
+    s
+}
+
+#[test]
+fn timing_at_a_thousand_endpoints() {
+    if !require_root() {
+        return;
+    }
+    let h = Harness::new("poltime", 5);
+    let mut s = big_spec(&h.node, 1000, 100);
+    let time = |what: &str, s: &PolicySpec| {
+        let t = Instant::now();
+        let actions = h.ensure(s);
+        let took = t.elapsed();
+        println!(
+            "policy timing, 1,000 endpoints / 100 netgroups: {what}: {} actions in {took:?}",
+            actions.len()
+        );
+        actions
+    };
+    let full = time("full create", &s);
+    assert!(full.len() > 4000);
+    let rs = render(&s).unwrap();
+    let doc = serde_json::to_vec(&to_nft(&full)).unwrap();
+    println!(
+        "policy timing: table has {} chains, {} rules, {} elements; the full create is {} KiB of JSON",
+        rs.chains.len(),
+        rs.rule_count(),
+        rs.element_count(),
+        doc.len() / 1024
+    );
+    let t = Instant::now();
+    let _ = render(&s).unwrap();
+    println!("policy timing: render alone: {:?}", t.elapsed());
+
+    let t = Instant::now();
+    let observed = h.block(async |dp| dp.observe().await.unwrap());
+    println!("policy timing: observe (list + parse): {:?}", t.elapsed());
+    assert_eq!(observed, Some(rs));
+
+    assert!(time("unchanged (cached)", &s).is_empty());
+    h.dp.forget();
+    assert!(time("unchanged (read from the kernel)", &s).is_empty());
+
+    let i = 1000u32;
+    let v4 = Ipv4Addr::new(198, 18, 9, 1);
+    let v6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 1, i as u16);
+    s.endpoints.insert(
+        host_ifname("big-new"),
+        EndpointPolicy {
+            ipv4: vec![v4],
+            ipv6: vec![v6],
+            profiles: vec!["host:node1".into(), "ng5".into()],
+        },
+    );
+    let m = s.netgroups.get_mut("ng5").unwrap();
+    m.ipv4.insert(v4);
+    m.ipv6.insert(v6);
+    let added = time("one endpoint added", &s);
+    assert!(added.len() <= 10, "{added:?}");
+
+    s.netgroups
+        .get_mut("ng7")
+        .unwrap()
+        .ipv4
+        .insert(Ipv4Addr::new(198, 18, 200, 1));
+    let member = time("one remote member joins a netgroup", &s);
+    assert_eq!(member.len(), 1);
+
+    s.endpoints.remove(&host_ifname("big-new"));
+    for m in s.netgroups.values_mut() {
+        m.ipv4.remove(&v4);
+        m.ipv6.remove(&v6);
+    }
+    time("one endpoint removed", &s);
+    h.assert_kernel_is(&s);
+}
