@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 /// How long one `nft` run may take before it is killed (a transaction
-/// gets one more second per [`BYTES_PER_EXTRA_SECOND`] of JSON: a full
+/// gets one more second per 512 KiB of JSON it sends: a full
 /// create at 1,000 endpoints is about 3 MiB and takes nft under a second).
 pub const NFT_TIMEOUT: Duration = Duration::from_secs(10);
 /// See [`NFT_TIMEOUT`].

@@ -22,6 +22,7 @@
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, AsyncSocket, AsyncSocketExt, TokioSocket};
 use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
 
 /// nftables' multicast group (`NFNLGRP_NFTABLES`).
 const NFNLGRP_NFTABLES: u32 = 7;
@@ -76,8 +77,7 @@ impl NftEvents {
         // delivery: bind (the kernel picks the port id), then join.
         sock.socket_mut().bind_auto()?;
         sock.socket_ref().add_membership(NFNLGRP_NFTABLES)?;
-        // Best effort: SO_RCVBUF is capped by net.core.rmem_max.
-        let _ = sock.socket_ref().set_rx_buf_sz(RX_BUFFER);
+        set_rx_buffer(&sock);
         Ok(NftEvents {
             sock,
             pending: VecDeque::new(),
@@ -102,6 +102,27 @@ impl NftEvents {
                 }
             }
         }
+    }
+}
+
+/// A big receive buffer: SO_RCVBUFFORCE (root may exceed
+/// net.core.rmem_max), else SO_RCVBUF (capped by it). Best effort: an
+/// overrun is reported as [`NftEvent::Overrun`] anyway.
+fn set_rx_buffer(sock: &TokioSocket) {
+    let size = RX_BUFFER as libc::c_int;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live
+    // c_int on this stack frame; the fd is an open socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let _ = sock.socket_ref().set_rx_buf_sz(RX_BUFFER);
     }
 }
 
