@@ -9,4 +9,5 @@ pub mod controller;
 pub mod endpoint;
 pub mod ipam;
 pub mod plugin;
+pub mod policy;
 pub mod store;

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod ipam;
 pub mod plugin;
 pub mod pool;
+pub mod profile;
 pub mod reconcile;
 pub mod status;
 
@@ -39,6 +40,9 @@ pub enum Command {
     /// Inspect IP address management.
     #[command(subcommand)]
     Ipam(ipam::IpamCommand),
+    /// Inspect policy profiles (netgroup, public, host).
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
     /// Inspect the desired-state store.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -77,6 +81,7 @@ pub fn run(config_path: Option<&Path>, command: Command) -> ExitCode {
         match command {
             Command::Pool(cmd) => pool::run(store.as_ref(), cmd),
             Command::Ipam(cmd) => ipam::run(store.as_ref(), cmd),
+            Command::Profile(cmd) => profile::run(store.as_ref(), cmd),
             Command::Store(StoreCommand::Dump) => dump(store.as_ref()),
             Command::Daemon => daemon::run(&config, store),
             Command::Reconcile { dry_run } => reconcile::run(&config, store, dry_run),
