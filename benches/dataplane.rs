@@ -9,7 +9,9 @@
 //! - rebuilding every endpoint with `calico-mesos reconcile` after the node
 //!   namespace was destroyed and recreated (a reboot);
 //! - the daemon's CPU for one resync that finds no drift;
-//! - drift repair latency (a host veth deleted → back).
+//! - drift repair latency (a host veth deleted → back);
+//! - the floor: the same netlink requests made by one long-lived process
+//!   (the endpoint reconciler in-process) for every container.
 //!
 //! Runs as root, in test namespaces only (TESTING.md). `cargo bench --bench
 //! dataplane`; `cargo test --benches` runs a quick version. Numbers are
@@ -128,6 +130,12 @@ fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
     v.sort();
     v[v.len() / 2]
+}
+
+fn p99(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
 }
 
 fn ms(d: Duration) -> String {
@@ -360,6 +368,58 @@ fn repair_latency(node: &Netns, name: &str, addr: IpAddr, limit: Duration) -> Op
     result.ok().flatten()
 }
 
+/// The floor: one long-lived process (this one) making the endpoint
+/// reconciler's netlink requests for `n` containers, one after the other;
+/// returns the node, containers, per-container latencies, and the
+/// latencies of removing the last `removed` again.
+fn fill_floor(
+    tag: &str,
+    n: usize,
+    removed: usize,
+) -> (Node, Vec<Container>, Vec<Duration>, Vec<Duration>) {
+    use reconcilers::endpoint::{EndpointDataplane, EndpointSpec};
+    let node = Node::new(tag, 1);
+    let containers: Vec<Container> = (0..n).map(|_| Container::new(&node.ns)).collect();
+    // Built here, outside the node namespace (see `repair_latency`).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (times, removals) = node.ns.run(|| {
+        rt.block_on(async {
+            let dataplane = EndpointDataplane::new().unwrap();
+            let mut times = Vec::with_capacity(n);
+            for (i, c) in containers.iter().enumerate() {
+                let spec = EndpointSpec {
+                    container_id: format!("floor-{i}"),
+                    netns: reconcilers::NetnsRef {
+                        pid: c.pid(),
+                        inode: c.inode(),
+                    },
+                    ipv4: vec![std::net::Ipv4Addr::from(0xc612_0000 + i as u32 + 1)],
+                    ipv6: vec![std::net::Ipv6Addr::from(
+                        0x2001_0db8_0001_0000_0000_0000_0000_0000u128 + i as u128 + 1,
+                    )],
+                };
+                let start = Instant::now();
+                dataplane.ensure(&spec, false).await.unwrap();
+                times.push(start.elapsed());
+            }
+            let mut removals = Vec::with_capacity(removed);
+            for i in (n - removed..n).rev() {
+                let start = Instant::now();
+                dataplane
+                    .remove(&format!("floor-{i}"), false)
+                    .await
+                    .unwrap();
+                removals.push(start.elapsed());
+            }
+            (times, removals)
+        })
+    });
+    (node, containers, times, removals)
+}
+
 /// Destroys a node namespace and waits (bounded) until the kernel has
 /// deleted every veth in it, seen from the containers (their `eth0` goes
 /// with the host side); then kills the containers. The next phase then
@@ -431,6 +491,10 @@ fn main() {
     let (inline, inline_times, _) = fill("bnoinl", n, false);
     teardown(inline.node, inline.containers, |(c, _, _)| c.pid());
 
+    // The floor: the same netlink requests from one long-lived process.
+    let (floor_node, floor_containers, floor_times, floor_removals) = fill_floor("bfloor", n, w);
+    teardown(floor_node, floor_containers, |c| c.pid());
+
     // Isolate with the daemon; that node then serves the other measures.
     let (fleet, times, daemon) = fill("bdaemon", n, true);
     let daemon = daemon.unwrap();
@@ -442,6 +506,25 @@ fn main() {
             ms(window(&cni_times, idx, w))
         );
     }
+    let last = |t: &[Duration]| t[t.len().saturating_sub(w)..].to_vec();
+    println!(
+        "| isolate p99 of the last {w}: with daemon / inline | {} / {} | {} | — |",
+        ms(p99(&last(&times))),
+        ms(p99(&last(&inline_times))),
+        ms(p99(&last(&cni_times)))
+    );
+    println!(
+        "| isolate at 1,000: CNI median ÷ ours (daemon / inline) | {:.2}× / {:.2}× | 1× | ≥ 2× |",
+        window(&cni_times, at(1000), w).as_secs_f64() / window(&times, at(1000), w).as_secs_f64(),
+        window(&cni_times, at(1000), w).as_secs_f64()
+            / window(&inline_times, at(1000), w).as_secs_f64()
+    );
+    println!(
+        "| floor: the same netlink requests from one long-lived process, median at 0 / 100 / 1,000 | {} / {} / {} | — | — |",
+        ms(window(&floor_times, 0, w)),
+        ms(window(&floor_times, at(100), w)),
+        ms(window(&floor_times, at(1000), w))
+    );
     println!(
         "| (peer with IPv6 too: CNI ptp waits for duplicate address detection) | — | {} (median of {}) | — |",
         ms(median(&cni_dual)),
@@ -451,6 +534,7 @@ fn main() {
         ("daemon", &times),
         ("inline", &inline_times),
         ("cni", &cni_times),
+        ("floor", &floor_times),
     ] {
         let per: Vec<String> = t.chunks(w.max(1) * 2).map(|c| ms(median(c))).collect();
         eprintln!("isolate medians by {} ({label}): {}", w * 2, per.join(", "));
@@ -476,6 +560,10 @@ fn main() {
         "| cleanup, whole process, median at 1,000 endpoints (with daemon) | {} | {} | ≤ 1.25 × the ~20 ms veth delete |",
         ms(median(&clean)),
         ms(median(&cni_del))
+    );
+    println!(
+        "| floor: removal by one long-lived process, median at 1,000 | {} | — | — |",
+        ms(median(&floor_removals))
     );
 
     // Drift repair: delete host veths one at a time; time until back.

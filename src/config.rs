@@ -41,6 +41,18 @@ pub struct Config {
     /// This node's own addresses, which its host profile lets reach its
     /// containers; `None` = detect them (`policy::node_addresses`).
     pub node_addresses: Option<Vec<IpAddr>>,
+    /// Whether netgroup policy is enforced (our nftables table) or not.
+    pub policy: PolicyMode,
+}
+
+/// The `policy` key: `enforce` (the default) or `disabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyMode {
+    /// Only containers that share a netgroup may talk (DESIGN.md, "Policy").
+    Enforce,
+    /// No policy: every container reaches every other; our nftables table
+    /// is removed.
+    Disabled,
 }
 
 /// The file's form: every key optional, nothing else allowed.
@@ -57,6 +69,7 @@ struct FileConfig {
     resync_interval: Option<String>,
     orphan_grace: Option<String>,
     node_addresses: Option<AddressList>,
+    policy: Option<String>,
 }
 
 /// `node_addresses` as written: a YAML list, or one string with the
@@ -181,6 +194,7 @@ impl Config {
                 "ISOLATE_TIMEOUT" => &mut file.isolate_timeout,
                 "RESYNC_INTERVAL" => &mut file.resync_interval,
                 "ORPHAN_GRACE" => &mut file.orphan_grace,
+                "POLICY" => &mut file.policy,
                 "NODE_ADDRESSES" => {
                     // A list, not a string: comma-separated.
                     file.node_addresses = Some(AddressList::Text(value.clone()));
@@ -210,6 +224,16 @@ impl Config {
             resync_interval: duration("resync_interval", file.resync_interval, 60)?,
             orphan_grace: duration("orphan_grace", file.orphan_grace, 60)?,
             node_addresses: file.node_addresses.map(node_addresses).transpose()?,
+            policy: match file.policy.as_deref() {
+                None | Some("enforce") => PolicyMode::Enforce,
+                Some("disabled") => PolicyMode::Disabled,
+                Some(other) => {
+                    return Err(ConfigError::BadValue {
+                        key: "policy",
+                        message: format!("'{other}': use enforce or disabled"),
+                    })
+                }
+            },
         })
     }
 }
@@ -447,6 +471,33 @@ mod tests {
             let c = resolve(text, &env).unwrap_or_else(|e| panic!("{text:?}: {e}"));
             assert_eq!(c.node_addresses, want, "{text:?} {env:?}");
         }
+    }
+
+    #[test]
+    fn policy_is_enforced_unless_disabled() {
+        let env = |v: &str| {
+            BTreeMap::from([
+                ("CALICO_MESOS_NODENAME".to_string(), "n".to_string()),
+                ("CALICO_MESOS_POLICY".to_string(), v.to_string()),
+            ])
+        };
+        let base = BTreeMap::from([("CALICO_MESOS_NODENAME".to_string(), "n".to_string())]);
+        let load = |text: Option<&str>, env: &BTreeMap<String, String>| {
+            Config::from_parts(text, Path::new("/x"), env)
+        };
+        assert_eq!(load(None, &base).unwrap().policy, PolicyMode::Enforce);
+        assert_eq!(
+            load(Some("policy: disabled\n"), &base).unwrap().policy,
+            PolicyMode::Disabled
+        );
+        assert_eq!(
+            load(Some("policy: disabled\n"), &env("enforce"))
+                .unwrap()
+                .policy,
+            PolicyMode::Enforce
+        );
+        let err = load(None, &env("off")).unwrap_err().to_string();
+        assert!(err.contains("policy") && err.contains("'off'"), "{err}");
     }
 
     #[test]

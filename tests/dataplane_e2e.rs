@@ -14,7 +14,15 @@ use testsupport::{ping, require_root};
 fn end_to_end(tag: &str, with_daemon: bool) {
     let agent = Agent::new(tag, 1);
     let daemon = with_daemon.then(|| agent.start_daemon());
-    let groups: [&[&str]; 5] = [&["web"], &["web"], &["db"], &["web", "db"], &[]];
+    // All share `web`, so every pair may talk (who may not is the policy
+    // tests' business, tests/policy_e2e.rs).
+    let groups: [&[&str]; 5] = [
+        &["web"],
+        &["web"],
+        &["web", "db"],
+        &["db", "web"],
+        &["web", "public"],
+    ];
     let launched: Vec<Launched> = groups
         .iter()
         .enumerate()
@@ -127,6 +135,11 @@ fn end_to_end(tag: &str, with_daemon: bool) {
     }
     assert!(agent.host_links().is_empty(), "{:?}", agent.host_links());
     assert!(agent.our_routes().is_empty(), "{:?}", agent.our_routes());
+    assert!(
+        agent.policy_entries().is_empty(),
+        "{:?}",
+        agent.policy_entries()
+    );
     assert_eq!(agent.store.used(), 0);
     let dump = agent.store.dump();
     assert!(!dump.contains("\"endpoint/"), "{dump}");

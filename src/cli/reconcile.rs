@@ -7,7 +7,6 @@ use calico_mesos::controller::loop_status::{self, LoopStatus};
 use calico_mesos::controller::reconcile::{full_pass, NodeContext, Outcome, Pass};
 use calico_mesos::endpoint;
 use calico_mesos::store::Store;
-use reconcilers::endpoint::EndpointDataplane;
 use std::sync::Arc;
 
 /// How many endpoints are reconciled at once.
@@ -28,12 +27,7 @@ pub fn run(config: &Config, store: Arc<dyn Store>, dry_run: bool) -> anyhow::Res
         .enable_all()
         .build()?;
     let pass = runtime.block_on(async {
-        let ctx = NodeContext {
-            store: store.clone(),
-            node: config.nodename.clone(),
-            dataplane: EndpointDataplane::new()?,
-            orphan_grace: config.orphan_grace,
-        };
+        let ctx = NodeContext::open(config, store.clone()).await?;
         full_pass(&ctx, dry_run, CONCURRENCY).await
     })?;
     print!("{}", summary(&pass, dry_run));
@@ -52,6 +46,9 @@ pub fn run(config: &Config, store: Arc<dyn Store>, dry_run: bool) -> anyhow::Res
         )?;
     }
     drop(lock);
+    if let Err(message) = &pass.policy {
+        anyhow::bail!("the node's policy could not be applied: {message}");
+    }
     match pass.failed() {
         0 => Ok(()),
         n => anyhow::bail!("{n} endpoint(s) failed"),
@@ -113,11 +110,20 @@ fn summary(pass: &Pass, dry_run: bool) -> String {
     for a in &pass.strays {
         out.push_str(&format!("stray: {a}\n"));
     }
+    match &pass.policy {
+        Ok(actions) => {
+            for a in actions {
+                out.push_str(&format!("policy: {a}\n"));
+            }
+        }
+        Err(message) => out.push_str(&format!("policy: FAILED ({message})\n")),
+    }
     let what = if dry_run { "would change" } else { "changed" };
     out.push_str(&format!(
-        "{} endpoint(s): {ready} ready ({changed} {what}), {removed} removed, {orphaned} orphaned, {failed} failed; {} stray link(s) or route(s)\n",
+        "{} endpoint(s): {ready} ready ({changed} {what}), {removed} removed, {orphaned} orphaned, {failed} failed; {} stray link(s) or route(s); {} policy change(s)\n",
         pass.outcomes.len(),
-        pass.strays.len()
+        pass.strays.len(),
+        pass.policy.as_ref().map_or(0, Vec::len)
     ));
     out
 }

@@ -8,7 +8,6 @@ use super::lock::NodeLock;
 use super::reconcile::{reconcile_endpoint, NodeContext};
 use crate::config::Config;
 use crate::store::Store;
-use reconcilers::endpoint::EndpointDataplane;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,12 +74,7 @@ fn inline(
         .build()
         .map_err(anyhow::Error::from)?;
     runtime.block_on(async {
-        let ctx = NodeContext {
-            store: store.clone(),
-            node: config.nodename.clone(),
-            dataplane: EndpointDataplane::new().map_err(anyhow::Error::from)?,
-            orphan_grace: config.orphan_grace,
-        };
+        let ctx = NodeContext::open(config, store.clone()).await?;
         match tokio::time::timeout(timeout, reconcile_endpoint(&ctx, container_id, false)).await {
             Ok(result) => result.map(drop).map_err(ConvergeError::Other),
             Err(_) => Err(ConvergeError::Timeout(timeout)),

@@ -11,14 +11,17 @@ use super::index::OwnerIndex;
 use super::kick::{self, KickReply, KickRequest};
 use super::lock::NodeLock;
 use super::loop_status::{self, LoopStatus};
-use super::reconcile::{list_and_sweep, reconcile_endpoint, spec_of, NodeContext, Outcome, Sweep};
+use super::reconcile::{
+    list_and_sweep, reconcile_endpoint, reconcile_policy, spec_of, NodeContext, Outcome, Sweep,
+};
 use super::runner::{self, Trigger};
 use crate::config::Config;
 use crate::endpoint::{self, Endpoint, NetnsId};
 use crate::store::{self, keys, Change, Store, StoreError};
 use anyhow::Context as _;
-use reconcilers::endpoint::{Action, EndpointDataplane};
+use reconcilers::endpoint::Action;
 use reconcilers::events::{Events, KernelEvent, ProcessExit};
+use reconcilers::policy::{NftEvent, NftEvents};
 use reconcilers::{NetnsRef, HOST_IFNAME_PREFIX};
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,7 +44,20 @@ pub const EVENT_DELAY: Duration = Duration::from_millis(5);
 /// How long a graceful stop waits for reconciles in progress.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-type Triggers = mpsc::Sender<Trigger<String>>;
+/// How long an nftables change by someone else waits before our table is
+/// checked, so a burst of commits makes one check.
+pub const POLICY_EVENT_DELAY: Duration = Duration::from_millis(20);
+
+/// What the runner reconciles: one endpoint, or the node's policy table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Work {
+    /// The endpoint of this container id.
+    Endpoint(String),
+    /// The node's nftables policy.
+    Policy,
+}
+
+type Triggers = mpsc::Sender<Trigger<Work>>;
 
 /// State shared by the daemon's tasks.
 struct Shared {
@@ -49,7 +65,7 @@ struct Shared {
     index: OwnerIndex,
     /// Container ids with a live watcher, and the namespace it watches.
     watchers: Mutex<HashMap<String, (NetnsId, AbortHandle)>>,
-    triggers: mpsc::WeakSender<Trigger<String>>,
+    triggers: mpsc::WeakSender<Trigger<Work>>,
     started_ms: u64,
     /// Endpoints known right without looking (see [`Freshness`]).
     fresh: Freshness,
@@ -76,14 +92,9 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
 
-    let (tx, rx) = mpsc::channel::<Trigger<String>>(16_384);
+    let (tx, rx) = mpsc::channel::<Trigger<Work>>(16_384);
     let shared = Arc::new(Shared {
-        ctx: NodeContext {
-            store: store.clone(),
-            node: config.nodename.clone(),
-            dataplane: EndpointDataplane::new()?,
-            orphan_grace: config.orphan_grace,
-        },
+        ctx: NodeContext::open(config, store.clone()).await?,
         index: OwnerIndex::default(),
         watchers: Mutex::new(HashMap::new()),
         triggers: tx.downgrade(),
@@ -92,9 +103,14 @@ pub async fn run(
     });
     let runner = tokio::spawn(runner::run(rx, CONCURRENCY, {
         let shared = shared.clone();
-        move |cid: String| {
+        move |work: Work| {
             let shared = shared.clone();
-            async move { shared.reconcile(cid).await }
+            async move {
+                match work {
+                    Work::Endpoint(cid) => shared.reconcile(cid).await,
+                    Work::Policy => shared.reconcile_policy().await,
+                }
+            }
         }
     }));
 
@@ -117,6 +133,9 @@ pub async fn run(
     tasks.spawn(accept(listener, shared.clone(), tx.clone()));
     tasks.spawn(watch_store(shared.clone(), tx.clone(), revision));
     tasks.spawn(watch_node(shared.clone(), tx.clone()));
+    if shared.ctx.policy.is_some() {
+        tasks.spawn(watch_nftables(shared.clone(), tx.clone()));
+    }
     tasks.spawn(resync_every(
         shared.clone(),
         tx.clone(),
@@ -157,7 +176,7 @@ impl Shared {
     fn trigger(&self, cid: String, delay: Duration, reset_backoff: bool) {
         if let Some(tx) = self.triggers.upgrade() {
             let _ = tx.try_send(Trigger {
-                key: cid,
+                key: Work::Endpoint(cid),
                 at: Instant::now() + delay,
                 done: None,
                 reset_backoff,
@@ -207,6 +226,34 @@ impl Shared {
                 Ok(())
             }
             Outcome::Failed { message } => Err(message),
+        }
+    }
+
+    /// One run of the node's policy: the table made to match the store.
+    async fn reconcile_policy(self: Arc<Self>) -> Result<(), String> {
+        let actions = reconcile_policy(&self.ctx, false)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        if !actions.is_empty() {
+            let list: Vec<String> = actions.iter().map(ToString::to_string).collect();
+            tracing::info!(actions = %list.join("; "), "policy reconciled");
+        }
+        Ok(())
+    }
+
+    /// Asks for a run of the node's policy, read from the kernel (it may
+    /// have been changed behind our back).
+    fn recheck_policy(&self, delay: Duration) {
+        if let Some(policy) = &self.ctx.policy {
+            policy.forget();
+            if let Some(tx) = self.triggers.upgrade() {
+                let _ = tx.try_send(Trigger {
+                    key: Work::Policy,
+                    at: Instant::now() + delay,
+                    done: None,
+                    reset_backoff: false,
+                });
+            }
         }
     }
 
@@ -304,12 +351,15 @@ impl Shared {
             })
             .collect();
         tracing::debug!(total, stale = stale.len(), "resync");
+        // The table is read back every resync: nftables edits by others
+        // that we missed (or that made no event) are found here.
+        self.recheck_policy(Duration::ZERO);
         let mut finished = Vec::with_capacity(stale.len());
         for ep in stale {
             let (done, rx) = oneshot::channel();
             let trigger = Trigger {
                 done: Some(done),
-                ..Trigger::now(ep.container_id)
+                ..Trigger::now(Work::Endpoint(ep.container_id))
             };
             if tx.send(trigger).await.is_ok() {
                 finished.push(rx);
@@ -386,7 +436,7 @@ async fn serve_kick(stream: UnixStream, shared: Arc<Shared>, tx: Triggers) {
                     }
                     let (done, finished) = oneshot::channel();
                     let trigger = Trigger {
-                        key: cid,
+                        key: Work::Endpoint(cid),
                         at: Instant::now(),
                         done: Some(done),
                         reset_backoff: true,
@@ -437,6 +487,9 @@ async fn watch_store(shared: Arc<Shared>, tx: Triggers, mut revision: store::Rev
             }
         };
         revision = changes.revision;
+        let mut policy_changed = false;
+        let affects_policy =
+            |key: &str| key.starts_with(keys::PROFILES) || key.starts_with(keys::ENDPOINTS);
         for change in changes.changes {
             match change {
                 Change::Put(kv) if kv.key.starts_with(&prefix) => {
@@ -447,7 +500,7 @@ async fn watch_store(shared: Arc<Shared>, tx: Triggers, mut revision: store::Rev
                             let _ = tx
                                 .send(Trigger {
                                     reset_backoff: true,
-                                    ..Trigger::now(cid)
+                                    ..Trigger::now(Work::Endpoint(cid))
                                 })
                                 .await;
                         }
@@ -459,10 +512,51 @@ async fn watch_store(shared: Arc<Shared>, tx: Triggers, mut revision: store::Rev
                         shared.unwatch(&cid);
                     }
                 }
+                // Profiles, and other nodes' endpoints (netgroup members),
+                // feed the node's policy.
+                Change::Put(kv) if affects_policy(&kv.key) => policy_changed = true,
+                Change::Delete { key, .. } if affects_policy(&key) => policy_changed = true,
                 _ => {}
             }
         }
+        if policy_changed && shared.ctx.policy.is_some() {
+            let _ = tx.send(Trigger::now(Work::Policy)).await;
+        }
     }
+}
+
+/// Follows nftables commits in the node namespace: one made by anyone but
+/// our own `nft` runs (or lost notifications) has our table read back and
+/// repaired.
+async fn watch_nftables(shared: Arc<Shared>, tx: Triggers) {
+    drop(tx); // triggers go through `recheck_policy`
+    let mut events = match NftEvents::new() {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to nftables events; relying on the resync");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    let ours = |pid: Option<u32>| {
+        let policy = shared.ctx.policy.as_ref();
+        pid.is_some_and(|pid| policy.is_some_and(|p| p.spawned_by_us(pid)))
+    };
+    while let Some(event) = events.next().await {
+        match event {
+            NftEvent::Committed { pid, .. } if ours(pid) => {}
+            NftEvent::Committed { pid, .. } => {
+                tracing::debug!(?pid, "nftables changed by someone else; checking our table");
+                shared.recheck_policy(POLICY_EVENT_DELAY);
+            }
+            NftEvent::Overrun => {
+                tracing::warn!("nftables events were lost; checking our table");
+                shared.recheck_policy(POLICY_EVENT_DELAY);
+            }
+        }
+    }
+    tracing::error!("the nftables event subscription ended; relying on the resync");
+    std::future::pending::<()>().await;
 }
 
 /// Follows the node namespace's kernel events: a change to one of our
@@ -498,7 +592,7 @@ async fn watch_node(shared: Arc<Shared>, tx: Triggers) {
             let _ = tx
                 .send(Trigger {
                     at: Instant::now() + EVENT_DELAY,
-                    ..Trigger::now(cid)
+                    ..Trigger::now(Work::Endpoint(cid))
                 })
                 .await;
         }

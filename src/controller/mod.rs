@@ -4,6 +4,7 @@
 //! one key twice at once, with per-key backoff on failure. This module owns
 //! the runtime only; what a reconcile does lives with the object it serves.
 
+pub mod coalesce;
 pub mod converge;
 pub mod daemon;
 pub mod freshness;

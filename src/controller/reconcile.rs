@@ -6,18 +6,23 @@
 //! of times. Status is written only when it changes, so a resync that finds
 //! nothing to do writes nothing.
 
+use super::coalesce::Coalesced;
+use crate::config::{Config, PolicyMode};
 use crate::endpoint::{self, Endpoint, EndpointStatus, Phase};
 use crate::ipam;
+use crate::policy::{self, profiles};
 use crate::store::{Store, Versioned};
+use anyhow::Context as _;
 use reconcilers::endpoint::{
     host_ifname, Action, EndpointDataplane, EndpointError, EndpointSpec, Inventory,
 };
+use reconcilers::policy::{PolicyAction, PolicyDataplane};
 use reconcilers::NetnsRef;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What one node's loop needs: its store, its name, its dataplane.
+/// What one node's loop needs: its store, its name, its dataplanes.
 pub struct NodeContext {
     /// The desired-state store.
     pub store: Arc<dyn Store>,
@@ -25,8 +30,77 @@ pub struct NodeContext {
     pub node: String,
     /// The endpoint reconciler, in the node's namespace.
     pub dataplane: EndpointDataplane,
+    /// The policy reconciler (our nftables table); `None` when policy is
+    /// disabled.
+    pub policy: Option<PolicyDataplane>,
+    /// The node's own addresses, which its host profile lets in and out.
+    pub node_addresses: Vec<IpAddr>,
     /// How long an orphaned endpoint is kept before it is collected.
     pub orphan_grace: Duration,
+    /// Runs of the node's policy, coalesced.
+    policy_runs: Coalesced,
+}
+
+impl NodeContext {
+    /// The context of this node, in the calling thread's network namespace
+    /// (the node's): resolves the node's addresses (configured or
+    /// detected) and keeps its host profile in step with them. With policy
+    /// disabled, removes our nftables table if one was left.
+    pub async fn open(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<NodeContext> {
+        let node_addresses = policy::resolve_node_addresses(config)
+            .await
+            .context("cannot detect the node's addresses (set node_addresses)")?;
+        let policy = match config.policy {
+            PolicyMode::Enforce => {
+                profiles::ensure_host_profile(store.as_ref(), &config.nodename, &node_addresses)?;
+                Some(PolicyDataplane::new())
+            }
+            PolicyMode::Disabled => {
+                if PolicyDataplane::new().remove().await? {
+                    tracing::info!("policy disabled: removed our nftables table");
+                }
+                None
+            }
+        };
+        Ok(NodeContext {
+            store,
+            node: config.nodename.clone(),
+            dataplane: EndpointDataplane::new()?,
+            policy,
+            node_addresses,
+            orphan_grace: config.orphan_grace,
+            policy_runs: Coalesced::default(),
+        })
+    }
+}
+
+/// Brings the node's policy table up to date with the store: every
+/// endpoint of this node not being deleted, the profiles they name, and
+/// netgroup membership across the cluster. Concurrent calls are coalesced:
+/// a caller is answered by any run that started after it asked. Returns
+/// what this call changed (or, with `dry_run`, would change).
+pub async fn reconcile_policy(
+    ctx: &NodeContext,
+    dry_run: bool,
+) -> anyhow::Result<Vec<PolicyAction>> {
+    let Some(dataplane) = &ctx.policy else {
+        return Ok(Vec::new());
+    };
+    let run = || async {
+        let store = ctx.store.as_ref();
+        let everyone = policy::all_endpoints(store)?;
+        let mine: Vec<Endpoint> = everyone
+            .iter()
+            .filter(|e| e.node == ctx.node)
+            .cloned()
+            .collect();
+        let spec = policy::desired_policy(&mine, &everyone, &profiles::list(store)?);
+        anyhow::Ok(dataplane.ensure(&spec, dry_run).await?)
+    };
+    if dry_run {
+        return run().await;
+    }
+    Ok(ctx.policy_runs.run(run).await?.unwrap_or_default())
 }
 
 /// What a reconcile of one endpoint found and did.
@@ -125,7 +199,24 @@ pub async fn reconcile_endpoint(
     if ep.value.deletion_requested {
         return remove(ctx, &ep, dry_run, false).await;
     }
-    match ctx.dataplane.ensure(&spec_of(&ep.value), dry_run).await {
+    // New intent (or not Ready yet): the policy must include the endpoint
+    // before it is Ready. A repair of a known endpoint leaves policy to the
+    // policy's own reconcile (keyed by interface name, it still holds).
+    let new_intent = status
+        .as_ref()
+        .is_none_or(|s| s.observed_generation != ep.value.generation || s.phase != Phase::Ready);
+    let ensured = match ctx.dataplane.ensure(&spec_of(&ep.value), dry_run).await {
+        Ok(done) if new_intent && ctx.policy.is_some() => {
+            match admit_to_policy(ctx, &ep.value, dry_run).await {
+                Ok(()) => Ok(done),
+                Err(e) => Err(format!("policy: {e:#}")),
+            }
+        }
+        Ok(done) => Ok(done),
+        Err(e) if e.is_gone() => return orphaned(ctx, &ep, status, &e, dry_run).await,
+        Err(e) => Err(format!("{:#}", anyhow::Error::from(e))),
+    };
+    match ensured {
         Ok(done) => {
             let next = EndpointStatus {
                 observed_generation: ep.value.generation,
@@ -150,9 +241,7 @@ pub async fn reconcile_endpoint(
                 generation: ep.value.generation,
             })
         }
-        Err(e) if e.is_gone() => orphaned(ctx, &ep, status, &e, dry_run).await,
-        Err(e) => {
-            let message = format!("{:#}", anyhow::Error::from(e));
+        Err(message) => {
             let next = EndpointStatus {
                 observed_generation: ep.value.generation,
                 phase: Phase::Failed,
@@ -168,6 +257,16 @@ pub async fn reconcile_endpoint(
             Ok(Outcome::Failed { message })
         }
     }
+}
+
+/// Makes the profiles `ep` needs and brings the node's policy up to date
+/// so that it includes `ep`.
+async fn admit_to_policy(ctx: &NodeContext, ep: &Endpoint, dry_run: bool) -> anyhow::Result<()> {
+    if !dry_run {
+        profiles::ensure_profiles(ctx.store.as_ref(), &ctx.node, &ctx.node_addresses, ep)?;
+    }
+    reconcile_policy(ctx, dry_run).await?;
+    Ok(())
 }
 
 /// Writes `next` unless the stored status says the same (the time of the
@@ -241,6 +340,15 @@ async fn remove(
     dry_run: bool,
     collected: bool,
 ) -> anyhow::Result<Outcome> {
+    // A cleanup takes the endpoint out of the policy first (it is left out
+    // of the desired policy once deletion is requested); an orphan's record
+    // goes first, then its policy (below). A failure here is repaired by
+    // the policy's own reconcile: chains for a gone interface match nothing.
+    if !collected {
+        if let Err(e) = reconcile_policy(ctx, dry_run).await {
+            tracing::warn!(container = %ep.value.container_id, error = %format!("{e:#}"), "policy not updated before removal");
+        }
+    }
     let actions = match ctx.dataplane.remove(&ep.value.container_id, dry_run).await {
         Ok(actions) => actions,
         Err(e) => {
@@ -278,6 +386,11 @@ async fn remove(
                 "the intent of container {} changed while it was being removed",
                 ep.value.container_id
             );
+        }
+        if collected {
+            if let Err(e) = reconcile_policy(ctx, dry_run).await {
+                tracing::warn!(container = %ep.value.container_id, error = %format!("{e:#}"), "policy not updated after collection");
+            }
         }
         released
     };
@@ -360,12 +473,14 @@ pub struct Sweep {
 }
 
 /// The result of one pass over every endpoint of the node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pass {
     /// Per container: what happened, or the store error.
     pub outcomes: Vec<(String, Result<Outcome, String>)>,
     /// Links of ours no endpoint accounts for, removed (or to remove).
     pub strays: Vec<Action>,
+    /// What the node's policy needed (or the error).
+    pub policy: Result<Vec<PolicyAction>, String>,
 }
 
 impl Pass {
@@ -389,6 +504,14 @@ pub async fn full_pass(
     let Sweep {
         endpoints, strays, ..
     } = list_and_sweep(ctx, dry_run).await?;
+    // Policy first, read from the kernel: after a reboot the table is gone,
+    // and veths made below are then never open before their policy exists.
+    if let Some(policy) = &ctx.policy {
+        policy.forget();
+    }
+    let policy = reconcile_policy(ctx, dry_run)
+        .await
+        .map_err(|e| format!("{e:#}"));
     let outcomes = futures::stream::iter(endpoints)
         .map(|ep| async move {
             let result = reconcile_endpoint(ctx, &ep.container_id, dry_run)
@@ -399,5 +522,9 @@ pub async fn full_pass(
         .buffer_unordered(concurrency.max(1))
         .collect::<Vec<_>>()
         .await;
-    Ok(Pass { outcomes, strays })
+    Ok(Pass {
+        outcomes,
+        strays,
+        policy,
+    })
 }

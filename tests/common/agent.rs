@@ -142,6 +142,41 @@ impl Agent {
         out
     }
 
+    /// What our nftables table in the node namespace holds for endpoints:
+    /// per-endpoint chains (`chain NAME`) and their rules (`rule CHAIN:
+    /// COMMENT`), and every set or map element (`SET: ELEMENT`). Empty when
+    /// there is no table.
+    pub fn policy_entries(&self) -> BTreeSet<String> {
+        let out = self
+            .node
+            .ns
+            .exec(&["nft", "-j", "list", "table", "inet", "calico-mesos"])
+            .expect("nft runs");
+        if !out.status.success() {
+            return BTreeSet::new();
+        }
+        let listing: Value = serde_json::from_slice(&out.stdout).expect("nft -j is JSON");
+        let mut entries = BTreeSet::new();
+        for item in listing["nftables"].as_array().unwrap() {
+            if let Some(name) = item["chain"]["name"].as_str() {
+                if name.starts_with("ep-") {
+                    entries.insert(format!("chain {name}"));
+                }
+            }
+            let rule = &item["rule"];
+            if let Some(chain) = rule["chain"].as_str().filter(|c| c.starts_with("ep-")) {
+                entries.insert(format!("rule {chain}: {}", rule["comment"]));
+            }
+            for kind in ["set", "map"] {
+                let object = &item[kind];
+                for e in object["elem"].as_array().into_iter().flatten() {
+                    entries.insert(format!("{}: {e}", object["name"].as_str().unwrap()));
+                }
+            }
+        }
+        entries
+    }
+
     /// Starts the daemon in the node namespace and waits (bounded) until it
     /// listens.
     pub fn start_daemon(&self) -> Daemon {
