@@ -35,10 +35,12 @@ const PTP: &str = "/usr/lib/cni/ptp";
 /// A store and the environment of every process of one agent.
 struct Env {
     dir: tempfile::TempDir,
+    /// `enforce` or `disabled` (the `policy` key).
+    policy: &'static str,
 }
 
 impl Env {
-    fn new() -> Env {
+    fn new(policy: &'static str) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("calico-mesos-bench-")
             .tempdir()
@@ -52,7 +54,7 @@ impl Env {
             )
             .unwrap();
         }
-        Env { dir }
+        Env { dir, policy }
     }
 
     fn store(&self) -> SqliteStore {
@@ -72,7 +74,8 @@ impl Env {
             )
             .env("CALICO_MESOS_RUN_DIR", self.dir.path().join("run"))
             .env("CALICO_MESOS_NODENAME", "bench")
-            .env("CALICO_MESOS_LOG_LEVEL", "warn");
+            .env("CALICO_MESOS_LOG_LEVEL", "warn")
+            .env("CALICO_MESOS_POLICY", self.policy);
         cmd
     }
 }
@@ -224,8 +227,13 @@ struct Fleet {
     containers: Vec<(Container, String, IpAddr)>,
 }
 
-fn fill(tag: &str, n: usize, with_daemon: bool) -> (Fleet, Vec<Duration>, Option<Daemon>) {
-    let env = Env::new();
+fn fill(
+    tag: &str,
+    n: usize,
+    with_daemon: bool,
+    policy: &'static str,
+) -> (Fleet, Vec<Duration>, Option<Daemon>) {
+    let env = Env::new(policy);
     let node = Node::new(tag, 1);
     let daemon = with_daemon.then(|| Daemon::start(&env, &node.ns, &[]));
     let store = env.store();
@@ -488,7 +496,7 @@ fn main() {
     teardown(dual_node, dual_containers, |(c, _)| c.pid());
 
     // Isolate with no daemon (inline).
-    let (inline, inline_times, _) = fill("bnoinl", n, false);
+    let (inline, inline_times, _) = fill("bnoinl", n, false, "enforce");
     teardown(inline.node, inline.containers, |(c, _, _)| c.pid());
 
     // The floor: the same netlink requests from one long-lived process.
@@ -496,7 +504,12 @@ fn main() {
     teardown(floor_node, floor_containers, |c| c.pid());
 
     // Isolate with the daemon; that node then serves the other measures.
-    let (fleet, times, daemon) = fill("bdaemon", n, true);
+    // Isolate with the daemon and policy disabled: what policy costs.
+    let (open, open_times, open_daemon) = fill("bopen", n, true, "disabled");
+    drop(open_daemon);
+    teardown(open.node, open.containers, |(c, _, _)| c.pid());
+
+    let (fleet, times, daemon) = fill("bdaemon", n, true, "enforce");
     let daemon = daemon.unwrap();
     for (label, idx) in [("0", 0), ("100", at(100)), ("1,000", at(1000))] {
         println!(
@@ -507,6 +520,13 @@ fn main() {
         );
     }
     let last = |t: &[Duration]| t[t.len().saturating_sub(w)..].to_vec();
+    println!(
+        "| isolate with the daemon at 0 / 1,000 endpoints: policy enforced vs disabled | {} / {} | {} / {} (disabled) | policy adds ≤ 3 ms |",
+        ms(window(&times, 0, w)),
+        ms(window(&times, at(1000), w)),
+        ms(window(&open_times, 0, w)),
+        ms(window(&open_times, at(1000), w))
+    );
     println!(
         "| isolate p99 of the last {w}: with daemon / inline | {} / {} | {} | — |",
         ms(p99(&last(&times))),
@@ -535,6 +555,7 @@ fn main() {
         ("inline", &inline_times),
         ("cni", &cni_times),
         ("floor", &floor_times),
+        ("daemon, policy disabled", &open_times),
     ] {
         let per: Vec<String> = t.chunks(w.max(1) * 2).map(|c| ms(median(c))).collect();
         eprintln!("isolate medians by {} ({label}): {}", w * 2, per.join(", "));
