@@ -3,7 +3,7 @@
 #
 # The agent ("node") is a network namespace that looks like a real one: an
 # address on eth0 and default routes via a gateway namespace (forwarding off
-# there, so nothing goes further). Five containers are started in it as Mesos
+# there, so nothing goes further). Six containers are started in it as Mesos
 # would, get their addresses and interfaces through the real net-modules
 # protocol (one JSON request on the binary's stdin), are pinged from each
 # other, and the node's daemon repairs what is broken behind its back.
@@ -18,14 +18,15 @@ cd "$(dirname "$0")/.."
 
 # ---------------------------------------------------------------- the scene
 # Containers: name, then netgroups (space separated, empty for none).
-names=(task-1 task-2 task-3 task-4 task-5)
-groups=("web" "web" "db" "web db" "")
+names=(task-1 task-2 task-3 task-4 task-5 task-6)
+groups=("web" "web" "db" "web db" "public" "")
 
-# Netgroup isolation is not enforced yet (issue 4): every container reaches
-# every other. The policy issue sets this to 1; the matrices then expect a
-# pair to connect only when the two containers share a netgroup (the node
-# itself always reaches its containers, as with Calico).
-POLICY_ENFORCED=0
+# Netgroup isolation is enforced (DESIGN.md, "Policy"): a container lets in
+# the members of its netgroups (any container if it is `public`) and the
+# node; a container in any netgroup may send anywhere, one in none only to
+# its node. Set to 0 (and run the daemon with CALICO_MESOS_POLICY=disabled)
+# to see every pair connect.
+POLICY_ENFORCED=1
 
 prefix="cmdemo-$$"
 node="$prefix-node"
@@ -259,6 +260,11 @@ incontainer "${cpids[0]}" ip -br addr show dev eth0 | sed 's/^/     /'
 incontainer "${cpids[0]}" ip route | sed 's/^/     /'
 incontainer "${cpids[0]}" ip -6 route | sed 's/^/     /'
 
+say "Profiles (calico-mesos profile list; profile show web)"
+innode "$bin" profile list
+innode "$bin" profile show web
+note "our nftables table: $(ip netns exec "$node" nft list table inet calico-mesos | grep -c 'chain ') chains"
+
 # ------------------------------------------------------ reachability matrix
 shares_netgroup() {
   local a b ga gb
@@ -268,9 +274,12 @@ shares_netgroup() {
   return 1
 }
 # expected SRC DST: should SRC (a container index, or "node") reach DST?
+# DST's profiles must let SRC in, and SRC's must let it out.
 expected() {
   ((POLICY_ENFORCED)) || return 0
   [[ $1 == node ]] && return 0
+  [[ -n ${groups[$1]} ]] || return 1 # no netgroup: out to its node only
+  [[ " ${groups[$2]} " == *" public "* ]] && return 0
   shares_netgroup "$1" "$2"
 }
 # matrix FAMILY (4 or 6): every ordered pair, pinged in parallel (each ping
@@ -320,9 +329,9 @@ matrix() {
 
 say "Reachability: ping -c1 -W1 from every container (and the node) to every other"
 if ((POLICY_ENFORCED)); then
-  note "netgroup isolation: enforced (a pair connects only when it shares a netgroup)"
+  note "netgroup isolation: enforced (members of a shared netgroup, anyone to 'public', the node to all)"
 else
-  note "netgroup isolation: not enforced yet (issue 4): every pair is expected to connect"
+  note "netgroup isolation: disabled: every pair is expected to connect"
 fi
 matrix 4
 printf '\n'
@@ -365,8 +374,8 @@ iface=$(innode "$bin" status -o json | jq -r --arg c "${cids[victim]}" \
 old=$(ip -n "$node" -o link show dev "$iface" | cut -d: -f1)
 note "ip -n $node link del $iface   (ifindex $old; its peer, the container's eth0, goes with it)"
 ip -n "$node" link del "$iface"
-wait_repaired "$iface recreated, ${names[0]} → ${names[victim]} ${v4[victim]} answers" \
-  link_back_and_ping "$iface" 0 "${v4[victim]}"
+wait_repaired "$iface recreated, ${names[3]} → ${names[victim]} ${v4[victim]} answers" \
+  link_back_and_ping "$iface" 3 "${v4[victim]}"
 note "$iface is now ifindex $(ip -n "$node" -o link show dev "$iface" | cut -d: -f1)"
 
 victim=3
@@ -377,6 +386,18 @@ note "inside ${names[victim]}: ip addr del $cidr dev $dev"
 incontainer "${cpids[victim]}" ip addr del "$cidr" dev "$dev"
 wait_repaired "$cidr back on ${names[victim]}'s $dev, ${names[1]} → ${names[victim]} answers" \
   addr_back_and_ping "$victim" "${v4[victim]}" 1
+
+say "Drift: delete our nftables table behind the daemon's back"
+note "ip netns exec $node nft delete table inet calico-mesos"
+ip netns exec "$node" nft delete table inet calico-mesos
+table_back() { ip netns exec "$node" nft list chain inet calico-mesos forward >/dev/null 2>&1; }
+wait_repaired "our table restored" table_back
+if incontainer "${cpids[0]}" ping -c1 -W1 "${v4[2]}" >/dev/null 2>&1; then
+  printf '   %s%s [web] → %s [db] connects: policy not restored%s\n' "$red" "${names[0]}" "${names[2]}" "$off"
+  failures=$((failures + 1))
+else
+  note "${names[0]} [web] → ${names[2]} [db] blocked again"
+fi
 
 # ---------------------------------------------------------- tasks end
 say "The tasks end: release, then cleanup (as net-modules calls them)"

@@ -1,0 +1,212 @@
+//! Policy benchmarks (issue 4), printed as Markdown for BENCHMARKS.md:
+//!
+//! - the size of our nftables table (rules + set elements) as endpoints
+//!   grow 10 → 1,000 → 10,000 (one netgroup per 10 endpoints): rendered,
+//!   pure;
+//! - the time to apply one endpoint's policy change on a node with 1,000
+//!   endpoints in 100 netgroups, in a throwaway network namespace: an
+//!   endpoint added, an endpoint removed, a remote member joining a
+//!   netgroup; split into the in-process part (render + plan) and the
+//!   whole `ensure` (with the `nft` transaction).
+//!
+//! Runs as root, in a test namespace only (TESTING.md). `cargo bench --bench
+//! policy`; `cargo test --benches` runs a quick version. Numbers are
+//! reported, never asserted. (Isolate with policy on and off is in the
+//! dataplane benchmark.)
+
+use reconcilers::policy::{
+    render, EndpointPolicy, Members, PolicyDataplane, PolicySpec, ProfileRules, Rule,
+};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+use testsupport::Netns;
+
+const HOST: &str = "host:bench";
+
+fn ifname(i: usize) -> String {
+    format!("cali{i:011x}")
+}
+
+fn v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(0xc612_0000 + i as u32 + 1) // 198.18.0.0/15
+}
+
+fn v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::from(0x2001_0db8_0001_0000_0000_0000_0000_0000u128 + i as u128 + 1)
+}
+
+/// `n` endpoints, endpoint i in netgroup `g{i % groups}` (every tenth also
+/// in the next one), with the host profile; plus `remote` members of `g0`
+/// on other nodes.
+fn spec(n: usize, groups: usize, remote: usize) -> PolicySpec {
+    let mut spec = PolicySpec::default();
+    let node: IpAddr = "198.19.0.1".parse().unwrap();
+    spec.profiles.insert(
+        HOST.into(),
+        ProfileRules {
+            inbound: vec![Rule::Cidr(node.into())],
+            outbound: vec![Rule::Cidr(node.into())],
+        },
+    );
+    for g in 0..groups {
+        spec.profiles.insert(
+            format!("g{g}"),
+            ProfileRules {
+                inbound: vec![Rule::Netgroup(format!("g{g}"))],
+                outbound: vec![Rule::All],
+            },
+        );
+    }
+    for i in 0..n {
+        let mut netgroups = vec![format!("g{}", i % groups)];
+        if i % 10 == 0 {
+            netgroups.push(format!("g{}", (i + 1) % groups));
+        }
+        for g in &netgroups {
+            let m = spec.netgroups.entry(g.clone()).or_insert_with(Members::default);
+            m.ipv4.insert(v4(i));
+            m.ipv6.insert(v6(i));
+        }
+        let mut profiles = vec![HOST.to_string()];
+        profiles.extend(netgroups);
+        spec.endpoints.insert(
+            ifname(i),
+            EndpointPolicy {
+                ipv4: vec![v4(i)],
+                ipv6: vec![v6(i)],
+                profiles,
+            },
+        );
+    }
+    let g0 = spec.netgroups.entry("g0".into()).or_default();
+    for r in 0..remote {
+        g0.ipv4.insert(v4(100_000 + r));
+    }
+    spec
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Applies `change(i)` then its undo, `rounds` times; returns the medians
+/// of (whole ensure, in-process render + plan).
+fn timed_changes(
+    dataplane: &PolicyDataplane,
+    rt: &tokio::runtime::Runtime,
+    base: &PolicySpec,
+    rounds: usize,
+    change: impl Fn(&mut PolicySpec, usize),
+) -> (Duration, Duration) {
+    let (mut whole, mut planning) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        let mut changed = base.clone();
+        change(&mut changed, i);
+        for target in [&changed, base] {
+            // A dry run plans against the cache without running nft.
+            let start = Instant::now();
+            let planned = rt.block_on(dataplane.ensure(target, true)).unwrap();
+            planning.push(start.elapsed());
+            assert!(!planned.is_empty(), "the change makes actions");
+            let start = Instant::now();
+            rt.block_on(dataplane.ensure(target, false)).unwrap();
+            whole.push(start.elapsed());
+        }
+    }
+    (median(&whole), median(&planning))
+}
+
+fn main() {
+    // `cargo test --benches` runs benches without --bench: keep it quick.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    println!("| measure | result | target |");
+    println!("|---|---|---|");
+
+    // Size as the node grows (pure).
+    let sizes: &[usize] = if quick { &[10, 100] } else { &[10, 1_000, 10_000] };
+    for &n in sizes {
+        let rs = render(&spec(n, (n / 10).max(1), 0)).unwrap();
+        let (rules, elements) = (rs.rule_count(), rs.element_count());
+        println!(
+            "| table size at {n} endpoints in {} netgroups: rules + set elements | {rules} + {elements} = {} ({:.1} per endpoint) | linear |",
+            (n / 10).max(1),
+            rules + elements,
+            (rules + elements) as f64 / n as f64
+        );
+    }
+
+    if !testsupport::require_root() {
+        return;
+    }
+    let (n, groups, rounds) = if quick { (100, 10, 3) } else { (1_000, 100, 20) };
+    let ns = Netns::new("bpolicy");
+    // Built here, outside the namespace: tokio's first IO runtime makes a
+    // process-wide socket pair that would otherwise pin the namespace.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    ns.run(|| {
+        let dataplane = PolicyDataplane::new();
+        let base = spec(n, groups, 0);
+        let start = Instant::now();
+        rt.block_on(dataplane.ensure(&base, false)).unwrap();
+        println!(
+            "| full create of the table, {n} endpoints in {groups} netgroups | {} | — |",
+            ms(start.elapsed())
+        );
+        let cases: [(&str, Box<dyn Fn(&mut PolicySpec, usize)>); 3] = [
+            (
+                "an endpoint added (then removed)",
+                Box::new(|s: &mut PolicySpec, i| {
+                    let e = n + i;
+                    let g = format!("g{}", i % groups);
+                    let m = s.netgroups.get_mut(&g).unwrap();
+                    m.ipv4.insert(v4(e));
+                    m.ipv6.insert(v6(e));
+                    s.endpoints.insert(
+                        ifname(e),
+                        EndpointPolicy {
+                            ipv4: vec![v4(e)],
+                            ipv6: vec![v6(e)],
+                            profiles: vec![HOST.into(), g],
+                        },
+                    );
+                }),
+            ),
+            (
+                "an endpoint removed (then back)",
+                Box::new(|s: &mut PolicySpec, i| {
+                    let e = (i * 37) % n;
+                    s.endpoints.remove(&ifname(e));
+                    for m in s.netgroups.values_mut() {
+                        m.ipv4.remove(&v4(e));
+                        m.ipv6.remove(&v6(e));
+                    }
+                }),
+            ),
+            (
+                "a member on another node joins a netgroup (then leaves)",
+                Box::new(|s: &mut PolicySpec, i| {
+                    let g = format!("g{}", i % groups);
+                    s.netgroups.get_mut(&g).unwrap().ipv4.insert(v4(200_000 + i));
+                }),
+            ),
+        ];
+        for (what, change) in cases {
+            let (whole, planning) = timed_changes(&dataplane, &rt, &base, rounds, change);
+            println!(
+                "| apply one change at {n} endpoints in {groups} netgroups: {what}, median (render + plan in process) | {} ({}) | ≤ 5 ms |",
+                ms(whole),
+                ms(planning)
+            );
+        }
+        rt.block_on(dataplane.remove()).unwrap();
+    });
+}
