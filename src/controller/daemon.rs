@@ -41,6 +41,8 @@ pub const STORE_POLL: Duration = Duration::from_millis(500);
 /// How long a kernel event waits before its endpoint is reconciled, so a
 /// burst of events (a veth being deleted sends several) makes one run.
 pub const EVENT_DELAY: Duration = Duration::from_millis(5);
+/// One resync in this many reads our nftables table back from the kernel.
+pub const READ_BACK_EVERY: u64 = 10;
 /// How long a graceful stop waits for reconciles in progress.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -69,6 +71,8 @@ struct Shared {
     started_ms: u64,
     /// Endpoints known right without looking (see [`Freshness`]).
     fresh: Freshness,
+    /// Resyncs so far.
+    resyncs: std::sync::atomic::AtomicU64,
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -100,6 +104,7 @@ pub async fn run(
         triggers: tx.downgrade(),
         started_ms: endpoint::now_ms(),
         fresh: Freshness::default(),
+        resyncs: Default::default(),
     });
     let runner = tokio::spawn(runner::run(rx, CONCURRENCY, {
         let shared = shared.clone();
@@ -184,6 +189,15 @@ impl Shared {
         }
     }
 
+    fn trigger_work(&self, work: Work, delay: Duration) {
+        if let Some(tx) = self.triggers.upgrade() {
+            let _ = tx.try_send(Trigger {
+                at: Instant::now() + delay,
+                ..Trigger::now(work)
+            });
+        }
+    }
+
     /// One run of the runner: reconcile, then keep watchers and the index
     /// in step with what happened.
     async fn reconcile(self: Arc<Self>, cid: String) -> Result<(), String> {
@@ -246,14 +260,7 @@ impl Shared {
     fn recheck_policy(&self, delay: Duration) {
         if let Some(policy) = &self.ctx.policy {
             policy.forget();
-            if let Some(tx) = self.triggers.upgrade() {
-                let _ = tx.try_send(Trigger {
-                    key: Work::Policy,
-                    at: Instant::now() + delay,
-                    done: None,
-                    reset_backoff: false,
-                });
-            }
+            self.trigger_work(Work::Policy, delay);
         }
     }
 
@@ -351,9 +358,18 @@ impl Shared {
             })
             .collect();
         tracing::debug!(total, stale = stale.len(), "resync");
-        // The table is read back every resync: nftables edits by others
-        // that we missed (or that made no event) are found here.
-        self.recheck_policy(Duration::ZERO);
+        // Every commit to nftables makes an event, so the table is read
+        // back (costly on a big node) only every READ_BACK_EVERY resyncs,
+        // in case events were lost unnoticed; the other resyncs compare
+        // the store with what we applied (cheap, no nft run).
+        let count = self
+            .resyncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if count % READ_BACK_EVERY == 0 {
+            self.recheck_policy(Duration::ZERO);
+        } else {
+            self.trigger_work(Work::Policy, Duration::ZERO);
+        }
         let mut finished = Vec::with_capacity(stale.len());
         for ep in stale {
             let (done, rx) = oneshot::channel();
