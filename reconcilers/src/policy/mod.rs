@@ -1,7 +1,9 @@
 //! The policy reconciler: one nftables table, `inet calico-mesos`, that
-//! holds every endpoint's inbound and outbound rules, netgroup membership
-//! as sets and anti-spoofing (DESIGN.md, "Policy" and "Dataplane per
-//! endpoint").
+//! holds the inbound and outbound rules of each distinct profile list the
+//! node's endpoints have (one pair of chains per list, shared by its
+//! endpoints), verdict maps from each endpoint's interface to its list's
+//! chains, netgroup membership as sets and anti-spoofing (DESIGN.md,
+//! "Policy" and "Dataplane per endpoint").
 //!
 //! Pure planning is separated from side effects: [`render()`] (spec →
 //! [`Ruleset`]), [`parse_listing`] (nft's JSON → [`Ruleset`]), [`plan()`]

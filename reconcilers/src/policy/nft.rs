@@ -98,11 +98,11 @@ pub(crate) fn elem_expr(e: &SetElem) -> Expression<'static> {
         SetElem::V4(a) => s(a.to_string()),
         SetElem::V6(a) => s(a.to_string()),
         SetElem::IfV4(i, a) => Expression::Named(NamedExpression::Concat(vec![
-            s(i.clone()),
+            s(i.to_string()),
             s(a.to_string()),
         ])),
         SetElem::IfV6(i, a) => Expression::Named(NamedExpression::Concat(vec![
-            s(i.clone()),
+            s(i.to_string()),
             s(a.to_string()),
         ])),
     }

@@ -1,18 +1,27 @@
 //! Reads our table back: the JSON of `nft -j list table inet calico-mesos`
-//! → the [`Ruleset`] model, with the nftables crate's schema types.
+//! → the [`Ruleset`] model.
 //!
 //! Lenient where leniency is safe: whatever cannot be read is recorded in a
-//! form that never equals what we want (a rule with an "unreadable" comment,
-//! a set of [`SetKind::Unsupported`], a map that is not well typed), so the
-//! planner replaces it. Object kinds we never make (counters, quotas,
-//! flowtables, ...) are ignored: no rule of ours refers to them.
+//! form that never equals what we want (a set of [`SetKind::Unsupported`],
+//! a map that is not well typed, a rule without a comment), so the planner
+//! replaces it. Object kinds we never make (counters, quotas, flowtables,
+//! ...) are ignored: no rule of ours refers to them.
+//!
+//! Read in one pass over the text, without building a JSON tree and
+//! without reading rule expressions at all: a rule is recognised by its
+//! comment alone (see [`ruleset`](super::ruleset)), so an observed rule's
+//! [`RuleModel::expr`] is left empty. Chains (few) go through the
+//! nftables crate's schema types.
 
 use super::ruleset::*;
-use nftables::expr::{Expression, NamedExpression, Verdict};
-use nftables::schema::{Chain, Rule, Set, SetType, SetTypeValue};
+use nftables::schema::{Chain, SetType, SetTypeValue};
 use nftables::types::{NfChainPolicy, NfChainType};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 use std::net::IpAddr;
 
 /// Why a listing could not be read at all.
@@ -33,53 +42,201 @@ pub enum ObserveError {
 }
 
 #[derive(Deserialize)]
-struct Listing {
-    nftables: Vec<Value>,
+struct Listing<'a> {
+    #[serde(borrow)]
+    nftables: Vec<IfObject<Item<'a>>>,
+}
+
+/// `Some` for a JSON object read as `T`, `None` for any other value
+/// (skipped): nft prints objects, but a stray value must not fail the
+/// listing.
+struct IfObject<T>(Option<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for IfObject<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = IfObject<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|t| IfObject(Some(t)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IfObject(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(IfObject(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(IfObject(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(IfObject(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(IfObject(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(IfObject(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(IfObject(None))
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+/// One object of the listing: `{"<kind>": {...}}`. Other kinds are
+/// skipped unread.
+#[derive(Deserialize)]
+struct Item<'a> {
+    chain: Option<Value>,
+    #[serde(borrow)]
+    set: Option<IfObject<SetListing<'a>>>,
+    #[serde(borrow)]
+    map: Option<IfObject<MapListing<'a>>>,
+    #[serde(borrow)]
+    rule: Option<IfObject<RuleListing<'a>>>,
+}
+
+/// A named set as nft lists it (its type is read apart, so that a type we
+/// never build does not fail the listing).
+#[derive(Deserialize)]
+struct SetListing<'a> {
+    #[serde(borrow)]
+    table: Option<Cow<'a, str>>,
+    name: Option<String>,
+    #[serde(rename = "type")]
+    key_type: Option<Value>,
+    flags: Option<Value>,
+    elem: Option<Vec<Elem>>,
 }
 
 /// A verdict map as nft lists it (the crate's `Map` cannot hold
 /// `map: "verdict"`, nftables-rs issue #237).
 #[derive(Deserialize)]
 struct MapListing<'a> {
-    table: String,
-    name: String,
+    #[serde(borrow)]
+    table: Option<Cow<'a, str>>,
+    name: Option<String>,
     #[serde(rename = "type")]
-    key_type: SetTypeValue<'a>,
-    map: Value,
-    #[serde(default)]
-    elem: Option<Vec<Expression<'a>>>,
+    key_type: Option<Value>,
+    map: Option<Value>,
+    elem: Option<Vec<Elem>>,
 }
 
-fn text(e: &Expression<'_>) -> Option<String> {
-    match e {
-        Expression::String(s) => Some(s.to_string()),
-        Expression::Named(NamedExpression::Elem(el)) => text(&el.val),
-        _ => None,
+/// A rule: where it is and its comment; its expressions are not read.
+#[derive(Deserialize)]
+struct RuleListing<'a> {
+    #[serde(borrow)]
+    table: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    chain: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    comment: Option<Cow<'a, str>>,
+}
+
+/// A set or map element, read leniently: whatever we never write is
+/// `Other`, which no element of ours equals.
+#[derive(Debug, PartialEq)]
+enum Elem {
+    /// A string: an address or an interface name.
+    Text(String),
+    /// `{"concat": [...]}`.
+    Concat(Vec<Elem>),
+    /// `[...]`: a map entry is `[key, verdict]`.
+    List(Vec<Elem>),
+    /// `{"goto": {"target": ...}}`.
+    Goto(String),
+    /// Anything else; for an object, its key (a verdict's name).
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for Elem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrapped {
+            val: Elem,
+        }
+        #[derive(Deserialize)]
+        struct Target {
+            target: String,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Elem;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a set or map element")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Elem, E> {
+                Ok(Elem::Text(s.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Elem, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(2));
+                while let Some(e) = seq.next_element()? {
+                    v.push(e);
+                }
+                Ok(Elem::List(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Elem, A::Error> {
+                let mut out = Elem::Other(String::new());
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    out = match &*key {
+                        "concat" => Elem::Concat(map.next_value()?),
+                        // An element with properties (timeout, ...).
+                        "elem" => map.next_value::<Wrapped>()?.val,
+                        "goto" => Elem::Goto(map.next_value::<Target>()?.target),
+                        other => {
+                            map.next_value::<IgnoredAny>()?;
+                            Elem::Other(other.to_string())
+                        }
+                    };
+                }
+                Ok(out)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Elem, E> {
+                Ok(Elem::Other(String::new()))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Elem, E> {
+                Ok(Elem::Other(String::new()))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Elem, E> {
+                Ok(Elem::Other(String::new()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Elem, E> {
+                Ok(Elem::Other(String::new()))
+            }
+            fn visit_unit<E>(self) -> Result<Elem, E> {
+                Ok(Elem::Other(String::new()))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
-fn parse_elem(kind: SetKind, e: &Expression<'_>) -> Option<SetElem> {
-    let e = match e {
-        Expression::Named(NamedExpression::Elem(el)) => &*el.val,
-        e => e,
-    };
+fn parse_elem(kind: SetKind, e: &Elem) -> Option<SetElem> {
     match (kind, e) {
-        (SetKind::Ipv4 | SetKind::Ipv6, Expression::String(s)) => match s.parse::<IpAddr>().ok()? {
+        (SetKind::Ipv4 | SetKind::Ipv6, Elem::Text(s)) => match s.parse::<IpAddr>().ok()? {
             IpAddr::V4(a) if kind == SetKind::Ipv4 => Some(SetElem::V4(a)),
             IpAddr::V6(a) if kind == SetKind::Ipv6 => Some(SetElem::V6(a)),
             _ => None,
         },
-        (
-            SetKind::IfnameIpv4 | SetKind::IfnameIpv6,
-            Expression::Named(NamedExpression::Concat(parts)),
-        ) => {
-            let [ifname, addr] = parts.as_slice() else {
+        (SetKind::IfnameIpv4 | SetKind::IfnameIpv6, Elem::Concat(parts)) => {
+            let [Elem::Text(ifname), Elem::Text(addr)] = parts.as_slice() else {
                 return None;
             };
-            let ifname = text(ifname)?;
-            match text(addr)?.parse::<IpAddr>().ok()? {
-                IpAddr::V4(a) if kind == SetKind::IfnameIpv4 => Some(SetElem::IfV4(ifname, a)),
-                IpAddr::V6(a) if kind == SetKind::IfnameIpv6 => Some(SetElem::IfV6(ifname, a)),
+            match addr.parse::<IpAddr>().ok()? {
+                IpAddr::V4(a) if kind == SetKind::IfnameIpv4 => {
+                    Some(SetElem::IfV4(ifname.as_str().into(), a))
+                }
+                IpAddr::V6(a) if kind == SetKind::IfnameIpv6 => {
+                    Some(SetElem::IfV6(ifname.as_str().into(), a))
+                }
                 _ => None,
             }
         }
@@ -87,11 +244,11 @@ fn parse_elem(kind: SetKind, e: &Expression<'_>) -> Option<SetElem> {
     }
 }
 
-fn set_kind(t: &SetTypeValue<'_>) -> SetKind {
-    match t {
-        SetTypeValue::Single(SetType::Ipv4Addr) => SetKind::Ipv4,
-        SetTypeValue::Single(SetType::Ipv6Addr) => SetKind::Ipv6,
-        SetTypeValue::Concatenated(parts) => match parts.as_ref() {
+fn set_kind(t: &Value) -> SetKind {
+    match SetTypeValue::deserialize(t) {
+        Ok(SetTypeValue::Single(SetType::Ipv4Addr)) => SetKind::Ipv4,
+        Ok(SetTypeValue::Single(SetType::Ipv6Addr)) => SetKind::Ipv6,
+        Ok(SetTypeValue::Concatenated(parts)) => match parts.as_ref() {
             [SetType::Ifname, SetType::Ipv4Addr] => SetKind::IfnameIpv4,
             [SetType::Ifname, SetType::Ipv6Addr] => SetKind::IfnameIpv6,
             _ => SetKind::Unsupported,
@@ -100,71 +257,72 @@ fn set_kind(t: &SetTypeValue<'_>) -> SetKind {
     }
 }
 
-fn read_set(raw: Value) -> Option<(String, SetModel)> {
-    let name = raw.get("name")?.as_str()?.to_string();
-    if raw.get("table").and_then(Value::as_str) != Some(TABLE) {
+fn read_set(set: SetListing<'_>) -> Option<(String, SetModel)> {
+    let name = set.name?;
+    if set.table.as_deref() != Some(TABLE) {
         return None;
     }
     let unsupported = SetModel::new(SetKind::Unsupported);
-    let Ok(set) = serde_json::from_value::<Set>(raw) else {
-        return Some((name, unsupported));
+    let kind = set.key_type.as_ref().map_or(SetKind::Unsupported, set_kind);
+    let flagged = match &set.flags {
+        None => false,
+        Some(Value::Array(f)) => !f.is_empty(),
+        Some(_) => true,
     };
-    let kind = set_kind(&set.set_type);
-    if kind == SetKind::Unsupported || set.flags.as_ref().is_some_and(|f| !f.is_empty()) {
+    if kind == SetKind::Unsupported || flagged {
         return Some((name, unsupported));
     }
-    let mut model = SetModel::new(kind);
+    let mut elements = Vec::new();
     for e in set.elem.as_deref().unwrap_or_default() {
         match parse_elem(kind, e) {
-            Some(el) => {
-                model.elements.insert(el);
-            }
+            Some(el) => elements.push(el),
             None => return Some((name, unsupported)),
         }
     }
+    let model = SetModel {
+        kind,
+        elements: elements.into_iter().collect(),
+    };
     Some((name, model))
 }
 
-fn verdict_text(v: &Verdict<'_>) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| format!("{v:?}"))
-}
-
-fn read_map(raw: Value) -> Option<(String, MapModel)> {
-    let name = raw.get("name")?.as_str()?.to_string();
-    if raw.get("table").and_then(Value::as_str) != Some(TABLE) {
+fn read_map(map: MapListing<'_>) -> Option<(String, MapModel)> {
+    let name = map.name?;
+    if map.table.as_deref() != Some(TABLE) {
         return None;
     }
     let broken = MapModel {
         well_typed: false,
         entries: Default::default(),
     };
-    let Ok(map) = serde_json::from_value::<MapListing>(raw) else {
-        return Some((name, broken));
-    };
-    debug_assert_eq!(map.table, TABLE);
-    let typed = matches!(map.key_type, SetTypeValue::Single(SetType::Ifname))
-        && map.map.as_str() == Some("verdict");
+    let typed = map.key_type.as_ref().and_then(Value::as_str) == Some("ifname")
+        && map.map.as_ref().and_then(Value::as_str) == Some("verdict");
     if !typed {
-        return Some((map.name, broken));
+        return Some((name, broken));
     }
-    let mut model = MapModel::default();
+    let mut entries = Vec::new();
     for e in map.elem.unwrap_or_default() {
-        let Expression::List(pair) = e else {
-            return Some((map.name, broken));
+        let Elem::List(pair) = e else {
+            return Some((name, broken));
         };
-        let [key, Expression::Verdict(v)] = pair.as_slice() else {
-            return Some((map.name, broken));
+        let Ok([key, verdict]) = <[Elem; 2]>::try_from(pair) else {
+            return Some((name, broken));
         };
-        let Some(key) = text(key) else {
-            return Some((map.name, broken));
+        let Elem::Text(key) = key else {
+            return Some((name, broken));
         };
-        let target = match v {
-            Verdict::Goto(t) => MapTarget::Goto(t.target.to_string()),
-            other => MapTarget::Other(verdict_text(other)),
+        let target = match verdict {
+            Elem::Goto(t) => MapTarget::Goto(t.into()),
+            Elem::Other(v) => MapTarget::Other(v),
+            _ => return Some((name, broken)),
         };
-        model.entries.insert(key, target);
+        entries.push((key.into(), target));
     }
-    Some((map.name, model))
+    let model = MapModel {
+        well_typed: true,
+        entries: entries.into_iter().collect(),
+    };
+    Some((name, model))
 }
 
 fn read_chain(raw: Value) -> Result<Option<(String, ChainModel)>, ObserveError> {
@@ -193,26 +351,18 @@ fn read_chain(raw: Value) -> Result<Option<(String, ChainModel)>, ObserveError> 
     )))
 }
 
-/// The comment given to a rule nft listed in a form we cannot read: never
-/// one of ours, so its chain is replaced.
-const UNREADABLE: &str = "(unreadable rule)";
-
-fn read_rule(raw: Value) -> Option<(String, RuleModel)> {
-    if raw.get("table").and_then(Value::as_str) != Some(TABLE) {
+fn read_rule(rule: RuleListing<'_>) -> Option<(String, RuleModel)> {
+    if rule.table.as_deref() != Some(TABLE) {
         return None;
     }
-    let chain = raw.get("chain")?.as_str()?.to_string();
-    let rule = match serde_json::from_value::<Rule>(raw) {
-        Ok(r) => RuleModel {
-            comment: r.comment.map(|c| c.to_string()).unwrap_or_default(),
-            expr: r.expr.into_owned(),
-        },
-        Err(_) => RuleModel {
-            comment: UNREADABLE.to_string(),
+    let rule = (
+        rule.chain?.into_owned(),
+        RuleModel {
+            comment: rule.comment.map(Cow::into_owned).unwrap_or_default(),
             expr: vec![],
         },
-    };
-    Some((chain, rule))
+    );
+    Some(rule)
 }
 
 /// Reads the JSON listing of our table (`nft -j list table inet
@@ -221,29 +371,20 @@ pub fn parse_listing(json: &str) -> Result<Ruleset, ObserveError> {
     let listing: Listing = serde_json::from_str(json)?;
     let mut rs = Ruleset::default();
     let mut rules: Vec<(String, RuleModel)> = Vec::new();
-    for obj in listing.nftables {
-        let Value::Object(map) = obj else { continue };
-        for (kind, raw) in map {
-            match kind.as_str() {
-                "chain" => {
-                    if let Some((name, c)) = read_chain(raw)? {
-                        rs.chains.insert(name, c);
-                    }
-                }
-                "set" => {
-                    if let Some((name, s)) = read_set(raw) {
-                        rs.sets.insert(name, s);
-                    }
-                }
-                "map" => {
-                    if let Some((name, m)) = read_map(raw) {
-                        rs.maps.insert(name, m);
-                    }
-                }
-                "rule" => rules.extend(read_rule(raw)),
-                _ => {}
+    for item in listing.nftables {
+        let IfObject(Some(item)) = item else { continue };
+        if let Some(raw) = item.chain {
+            if let Some((name, c)) = read_chain(raw)? {
+                rs.chains.insert(name, c);
             }
         }
+        if let Some((name, s)) = item.set.and_then(|s| s.0).and_then(read_set) {
+            rs.sets.insert(name, s);
+        }
+        if let Some((name, m)) = item.map.and_then(|m| m.0).and_then(read_map) {
+            rs.maps.insert(name, m);
+        }
+        rules.extend(item.rule.and_then(|r| r.0).and_then(read_rule));
     }
     for (chain, rule) in rules {
         rs.chains.entry(chain).or_default().rules.push(rule);
@@ -305,15 +446,69 @@ mod tests {
             Some(BaseHook::filter(nftables::types::NfHook::Forward))
         );
         assert_eq!(fwd.signature(), ["cali* to from-endpoint 1234abcd"]);
-        assert_eq!(fwd.rules[0].expr.len(), 2);
+        // Rules are recognised by comment: expressions are not read, so
+        // one nft lists in a form we do not know changes nothing.
+        assert!(fwd.rules[0].expr.is_empty());
         let out = &rs.chains["ep-out.cali123"];
         assert_eq!(out.base, None);
-        assert_eq!(out.signature(), ["", UNREADABLE]);
+        assert_eq!(out.signature(), ["", "drop 00000000"]);
+    }
+
+    #[test]
+    fn elements_are_read_leniently() {
+        let listing = |set: &str| format!(r#"{{"nftables": [{set}]}}"#);
+        let one = |json: &str| {
+            let rs = parse_listing(&listing(json)).unwrap();
+            rs.sets.into_values().next().unwrap()
+        };
+        // An element with properties is read through its "elem" wrapper.
+        let s = one(
+            r#"{"set": {"family": "inet", "name": "s", "table": "calico-mesos", "type": "ipv4_addr",
+                "elem": [{"elem": {"val": "198.18.0.1", "timeout": 5}}, "198.18.0.2"]}}"#,
+        );
+        assert_eq!(s.kind, SetKind::Ipv4);
+        assert_eq!(s.elements.len(), 2);
+        // A range, a prefix, a number: a set we would not make.
+        for elem in [
+            r#"{"range": ["198.18.0.1", "198.18.0.9"]}"#,
+            r#"{"prefix": {"addr": "198.18.0.0", "len": 24}}"#,
+            "7",
+        ] {
+            let s = one(&format!(
+                r#"{{"set": {{"family": "inet", "name": "s", "table": "calico-mesos", "type": "ipv4_addr", "elem": [{elem}]}}}}"#
+            ));
+            assert_eq!(s.kind, SetKind::Unsupported, "{elem}");
+        }
+        // Flags (interval, timeout, ...): not ours either.
+        let s = one(
+            r#"{"set": {"family": "inet", "name": "s", "table": "calico-mesos", "type": "ipv4_addr", "flags": ["interval"]}}"#,
+        );
+        assert_eq!(s.kind, SetKind::Unsupported);
+        // A map entry that jumps, or one that is not a pair.
+        let rs = parse_listing(&listing(
+            r#"{"map": {"family": "inet", "name": "m", "table": "calico-mesos", "type": "ifname", "map": "verdict",
+                "elem": [["cali1", {"jump": {"target": "x"}}]]}},
+               {"map": {"family": "inet", "name": "n", "table": "calico-mesos", "type": "ifname", "map": "verdict",
+                "elem": [["cali1"]]}},
+               {"map": {"family": "inet", "name": "o", "table": "calico-mesos", "type": "ipv4_addr", "map": "verdict"}},
+               {"map": {"family": "inet", "name": "p", "table": "elsewhere", "type": "ifname", "map": "verdict"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            rs.maps["m"].entries["cali1"],
+            MapTarget::Other("jump".into())
+        );
+        assert!(rs.maps["m"].well_typed);
+        assert!(!rs.maps["n"].well_typed);
+        assert!(!rs.maps["o"].well_typed);
+        assert!(!rs.maps.contains_key("p"), "another table's map");
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(parse_listing("not json").is_err());
         assert!(parse_listing("{\"nftables\": [1, \"x\", {\"rule\": 5}]}").is_ok());
+        assert!(parse_listing(r#"{"nftables": [[1], null, {"set": "x", "map": [2]}]}"#).is_ok());
+        assert!(parse_listing(r#"{"nftables": [{"chain": {"name": 5}}]}"#).is_err());
     }
 }

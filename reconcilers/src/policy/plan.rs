@@ -2,8 +2,12 @@
 //! [`PolicyAction`]s that make the table the desired one, all to be applied
 //! in one nft transaction.
 //!
-//! Membership and address changes are element updates only; a chain is
-//! rewritten only when its rules (their comments) differ; the table is
+//! Membership and address changes are element updates only, and so is an
+//! endpoint whose profile list the node already has (its anti-spoofing
+//! elements, its two map entries, its netgroup members): chains belong to
+//! profile lists, so a list's pair is created with its first endpoint and
+//! deleted, after its map entries, with its last. A chain is rewritten
+//! only when its rules (their comments) differ; the table is
 //! deleted and rebuilt (inside the same transaction, so traffic never sees
 //! it missing) only when its structure is not ours: a base chain with
 //! another hook, a set or map of another type under one of our names.
@@ -167,6 +171,19 @@ impl fmt::Display for PolicyAction {
     }
 }
 
+/// `has(k, v)`: does `map` hold `k → v`? For keys asked in ascending
+/// order (one walk along `map`, not a lookup per key: plans compare maps of
+/// thousands of entries).
+fn sorted_lookup<'m, K: Ord, V: PartialEq>(
+    map: &'m BTreeMap<K, V>,
+) -> impl FnMut(&K, &V) -> bool + 'm {
+    let mut it = map.iter().peekable();
+    move |k, v| {
+        while it.next_if(|(have, _)| *have < k).is_some() {}
+        matches!(it.peek(), Some((have, hv)) if *have == k && *hv == v)
+    }
+}
+
 /// True when `observed` can be brought to `desired` by element and chain
 /// updates: every desired base chain is a base chain with the same hook
 /// (or absent), every desired regular chain is not a base chain, every
@@ -239,11 +256,12 @@ pub fn plan(desired: &Ruleset, observed: Option<&Ruleset>) -> Vec<PolicyAction> 
         let Some(want) = desired.maps.get(name).map(|m| &m.entries) else {
             continue;
         };
+        let mut has_entry = sorted_lookup(want);
         let keys: Vec<String> = map
             .entries
             .iter()
-            .filter(|(k, v)| want.get(*k) != Some(*v))
-            .map(|(k, _)| k.clone())
+            .filter(|&(k, v)| !has_entry(k, v))
+            .map(|(k, _)| k.to_string())
             .collect();
         if !keys.is_empty() {
             out.push(DeleteMapEntries {
@@ -297,12 +315,13 @@ pub fn plan(desired: &Ruleset, observed: Option<&Ruleset>) -> Vec<PolicyAction> 
     // Map entries that are new or changed.
     for (name, want) in &desired.maps {
         let have = observed.maps.get(name).map_or(&no_entries, |m| &m.entries);
+        let mut has_entry = sorted_lookup(have);
         let entries: Vec<(String, String)> = want
             .entries
             .iter()
-            .filter(|(k, v)| have.get(*k) != Some(*v))
+            .filter(|&(k, v)| !has_entry(k, v))
             .filter_map(|(k, v)| match v {
-                MapTarget::Goto(chain) => Some((k.clone(), chain.clone())),
+                MapTarget::Goto(chain) => Some((k.to_string(), chain.to_string())),
                 MapTarget::Other(_) => None,
             })
             .collect();
@@ -426,7 +445,7 @@ pub fn simulate(
                     .ok_or_else(|| fail("no such map".into()))?;
                 for k in keys {
                     m.entries
-                        .remove(k)
+                        .remove(k.as_str())
                         .ok_or_else(|| fail(format!("no entry {k}")))?;
                 }
             }
@@ -484,10 +503,11 @@ pub fn simulate(
                     .get_mut(map)
                     .ok_or_else(|| fail("no such map".into()))?;
                 for (k, chain) in entries {
-                    if m.entries.contains_key(k) {
+                    if m.entries.contains_key(k.as_str()) {
                         return Err(fail(format!("entry {k} exists")));
                     }
-                    m.entries.insert(k.clone(), MapTarget::Goto(chain.clone()));
+                    m.entries
+                        .insert(k.as_str().into(), MapTarget::Goto(chain.as_str().into()));
                 }
             }
             DeleteChains { names } => {
@@ -499,7 +519,7 @@ pub fn simulate(
                         .clear();
                 }
                 for n in names {
-                    let target = MapTarget::Goto(n.clone());
+                    let target = MapTarget::Goto(n.as_str().into());
                     let in_map = t
                         .maps
                         .values()

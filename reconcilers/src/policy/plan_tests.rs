@@ -101,6 +101,13 @@ fn plan_between(from: &PolicySpec, to: &PolicySpec) -> Vec<PolicyAction> {
     actions
 }
 
+/// The names of the (outbound, inbound) chains of a profile list.
+fn chains_for(profiles: &[&str]) -> (String, String) {
+    let list: Vec<String> = profiles.iter().map(|p| p.to_string()).collect();
+    let id = profile_list_id(&list);
+    (ep_out_chain(&id), ep_in_chain(&id))
+}
+
 fn lines(actions: &[PolicyAction]) -> Vec<String> {
     actions.iter().map(|a| a.to_string()).collect()
 }
@@ -128,23 +135,54 @@ fn table_missing_is_a_full_create() {
 }
 
 #[test]
-fn an_endpoint_added_is_its_chains_entries_and_elements() {
+fn an_endpoint_with_a_profile_list_the_node_has_is_elements_and_entries() {
     let before = six();
     let mut after = six();
+    // 1 and 2 already have [host:node1, a].
     add_endpoint(&mut after, 7, &["a"]);
     let actions = plan_between(&before, &after);
-    let e = ifname(7);
     assert_eq!(
         lines(&actions),
         vec![
-            format!("create chain ep-in.{e}"),
-            format!("create chain ep-out.{e}"),
+            "add 1 element to set ep-src.v4",
+            "add 1 element to set ep-src.v6",
+            "add 1 element to set ng.a.v4",
+            "add 1 element to set ng.a.v6",
+            "add 1 entry to map from-ep",
+            "add 1 entry to map to-ep",
+        ]
+    );
+    let (out, inn) = chains_for(&["host:node1", "a"]);
+    assert!(actions.contains(&PolicyAction::AddMapEntries {
+        map: "to-ep".into(),
+        entries: vec![(ifname(7), inn)]
+    }));
+    assert!(actions.contains(&PolicyAction::AddMapEntries {
+        map: "from-ep".into(),
+        entries: vec![(ifname(7), out)]
+    }));
+}
+
+#[test]
+fn the_first_endpoint_of_a_profile_list_brings_its_chains() {
+    let before = six();
+    let mut after = six();
+    add_endpoint(&mut after, 7, &["c"]);
+    let actions = plan_between(&before, &after);
+    let (out, inn) = chains_for(&["host:node1", "c"]);
+    assert_eq!(
+        lines(&actions),
+        vec![
+            "create set ng.c.v4".to_string(),
+            "create set ng.c.v6".to_string(),
+            format!("create chain {inn}"),
+            format!("create chain {out}"),
             "add 1 element to set ep-src.v4".to_string(),
             "add 1 element to set ep-src.v6".to_string(),
-            "add 1 element to set ng.a.v4".to_string(),
-            "add 1 element to set ng.a.v6".to_string(),
-            format!("fill chain ep-in.{e} (5 rules)"),
-            format!("fill chain ep-out.{e} (3 rules)"),
+            "add 1 element to set ng.c.v4".to_string(),
+            "add 1 element to set ng.c.v6".to_string(),
+            format!("fill chain {inn} (5 rules)"),
+            format!("fill chain {out} (3 rules)"),
             "add 1 entry to map from-ep".to_string(),
             "add 1 entry to map to-ep".to_string(),
         ]
@@ -152,9 +190,10 @@ fn an_endpoint_added_is_its_chains_entries_and_elements() {
 }
 
 #[test]
-fn an_endpoint_removed_loses_entries_and_elements_before_its_chains() {
+fn an_endpoint_removed_loses_entries_and_elements_before_its_lists_chains() {
     let before = six();
     let mut after = six();
+    // 4 is the only endpoint with [host:node1, a, b].
     let gone = ifname(4);
     after.endpoints.remove(&gone);
     for m in after.netgroups.values_mut() {
@@ -163,12 +202,10 @@ fn an_endpoint_removed_loses_entries_and_elements_before_its_chains() {
     }
     let actions = plan_between(&before, &after);
     let chains = position(&actions, |a| matches!(a, PolicyAction::DeleteChains { .. }));
-    assert_eq!(
-        actions[chains],
-        PolicyAction::DeleteChains {
-            names: vec![format!("ep-in.{gone}"), format!("ep-out.{gone}")]
-        }
-    );
+    let (out, inn) = chains_for(&["host:node1", "a", "b"]);
+    let mut names = vec![out, inn];
+    names.sort();
+    assert_eq!(actions[chains], PolicyAction::DeleteChains { names });
     for (i, a) in actions.iter().enumerate() {
         match a {
             PolicyAction::DeleteMapEntries { keys, .. } => {
@@ -181,6 +218,95 @@ fn an_endpoint_removed_loses_entries_and_elements_before_its_chains() {
         }
     }
     assert_eq!(actions.len(), 2 + 6 + 1, "{:?}", lines(&actions));
+}
+
+#[test]
+fn an_endpoint_removed_whose_list_others_share_keeps_the_chains() {
+    let before = six();
+    let mut after = six();
+    // 1 and 2 share [host:node1, a]; 1 goes.
+    after.endpoints.remove(&ifname(1));
+    for m in after.netgroups.values_mut() {
+        m.ipv4.remove(&v4(1));
+        m.ipv6.remove(&v6(1));
+    }
+    let actions = plan_between(&before, &after);
+    assert_eq!(
+        lines(&actions),
+        vec![
+            "delete 1 entry from map from-ep",
+            "delete 1 entry from map to-ep",
+            "delete 1 element from set ep-src.v4",
+            "delete 1 element from set ep-src.v6",
+            "delete 1 element from set ng.a.v4",
+            "delete 1 element from set ng.a.v6",
+        ]
+    );
+}
+
+#[test]
+fn an_endpoint_moving_to_another_list_repoints_its_entries() {
+    let before = six();
+    let mut after = six();
+    // 3 ([host, b]) joins a too: [host, b, a] is new; [host, b] loses its
+    // only endpoint.
+    let e = ifname(3);
+    after
+        .endpoints
+        .get_mut(&e)
+        .unwrap()
+        .profiles
+        .push("a".into());
+    let actions = plan_between(&before, &after);
+    let (new_out, new_in) = chains_for(&["host:node1", "b", "a"]);
+    let (old_out, old_in) = chains_for(&["host:node1", "b"]);
+    let at = |f: &dyn Fn(&PolicyAction) -> bool| position(&actions, f);
+    let created = at(&|a| matches!(a, PolicyAction::CreateChain { name, .. } if *name == new_in));
+    let filled = at(&|a| matches!(a, PolicyAction::FillChain { name, .. } if *name == new_in));
+    let unmapped =
+        at(&|a| matches!(a, PolicyAction::DeleteMapEntries { keys, .. } if *keys == [e.clone()]));
+    let mapped = at(
+        &|a| matches!(a, PolicyAction::AddMapEntries { entries, .. } if *entries == [(e.clone(), new_in.clone())]),
+    );
+    let deleted = at(
+        &|a| matches!(a, PolicyAction::DeleteChains { names } if names.contains(&old_in) && names.contains(&old_out)),
+    );
+    assert!(created < filled && filled < mapped && unmapped < mapped && mapped < deleted);
+    assert!(actions.iter().any(
+        |a| matches!(a, PolicyAction::AddMapEntries { entries, .. } if *entries == [(e.clone(), new_out.clone())])
+    ));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, PolicyAction::ReplaceChain { .. })));
+}
+
+#[test]
+fn a_profile_edit_rewrites_its_lists_chains_in_place() {
+    let before = six();
+    let mut after = six();
+    after
+        .profiles
+        .get_mut("a")
+        .unwrap()
+        .inbound
+        .push(Rule::Cidr("198.19.0.0/24".parse().unwrap()));
+    let actions = plan_between(&before, &after);
+    let mut replaced: Vec<&str> = actions
+        .iter()
+        .map(|a| match a {
+            PolicyAction::ReplaceChain { name, .. } => name.as_str(),
+            other => panic!("not a chain rewrite: {other}"),
+        })
+        .collect();
+    replaced.sort();
+    // Lists with a: [host, a] (1, 2) and [host, a, b] (4): their inbound
+    // chains; no map entry changes.
+    let mut want = vec![
+        chains_for(&["host:node1", "a"]).1,
+        chains_for(&["host:node1", "a", "b"]).1,
+    ];
+    want.sort();
+    assert_eq!(replaced, want);
 }
 
 #[test]
@@ -224,7 +350,7 @@ fn an_address_change_is_element_updates_only() {
 fn a_chain_edited_behind_our_back_is_replaced() {
     let want = render(&six()).unwrap();
     let mut have = want.clone();
-    let name = format!("ep-in.{}", ifname(3));
+    let name = chains_for(&["host:node1", "b"]).1;
     have.chains.get_mut(&name).unwrap().rules[0].comment = "edited by hand".into();
     let actions = plan(&want, Some(&have));
     assert_eq!(
@@ -274,11 +400,10 @@ fn a_map_entry_pointing_elsewhere_is_rewritten() {
     let want = render(&six()).unwrap();
     let mut have = want.clone();
     let e = ifname(1);
-    have.maps
-        .get_mut("from-ep")
-        .unwrap()
-        .entries
-        .insert(e.clone(), MapTarget::Other("{\"accept\":null}".into()));
+    have.maps.get_mut("from-ep").unwrap().entries.insert(
+        e.as_str().into(),
+        MapTarget::Other("{\"accept\":null}".into()),
+    );
     let actions = plan(&want, Some(&have));
     assert_eq!(
         actions,
@@ -289,7 +414,7 @@ fn a_map_entry_pointing_elsewhere_is_rewritten() {
             },
             PolicyAction::AddMapEntries {
                 map: "from-ep".into(),
-                entries: vec![(e.clone(), format!("ep-out.{e}"))]
+                entries: vec![(e.clone(), chains_for(&["host:node1", "a"]).0)]
             },
         ]
     );
@@ -317,7 +442,8 @@ fn foreign_objects_in_our_table_are_removed_after_use() {
 fn a_netgroup_no_longer_named_loses_its_sets_after_the_rules() {
     let before = six();
     let mut after = six();
-    // Endpoint 3 leaves b; 4 keeps b. Then 4 leaves b too: no rule names b.
+    // 3 ([host, b]) and 4 ([host, a, b]) leave b: they move to the lists of
+    // 6 ([host]) and of 1, 2 ([host, a]); no rule names b any more.
     for n in [3, 4] {
         after
             .endpoints
@@ -328,13 +454,16 @@ fn a_netgroup_no_longer_named_loses_its_sets_after_the_rules() {
     }
     after.netgroups.remove("b");
     let actions = plan_between(&before, &after);
-    let last_replace = actions
-        .iter()
-        .rposition(|a| matches!(a, PolicyAction::ReplaceChain { .. }))
-        .unwrap();
+    let chains = position(&actions, |a| matches!(a, PolicyAction::DeleteChains { .. }));
     let first_delete = position(&actions, |a| matches!(a, PolicyAction::DeleteSet { .. }));
-    assert!(last_replace < first_delete, "{:?}", lines(&actions));
+    assert!(chains < first_delete, "{:?}", lines(&actions));
     assert!(lines(&actions).contains(&"delete set ng.b.v4".to_string()));
+    assert!(!actions.iter().any(|a| matches!(
+        a,
+        PolicyAction::CreateChain { .. }
+            | PolicyAction::FillChain { .. }
+            | PolicyAction::ReplaceChain { .. }
+    )));
 }
 
 #[test]
@@ -387,7 +516,7 @@ fn display_lines_are_short_and_readable() {
 }
 
 #[test]
-fn size_is_linear_in_endpoints() {
+fn chains_grow_with_profile_lists_and_elements_with_endpoints() {
     let mut s = base_spec();
     for n in 1..=50u8 {
         add_endpoint(&mut s, n, &[["a", "b", "c"][n as usize % 3]]);
@@ -398,9 +527,14 @@ fn size_is_linear_in_endpoints() {
     }
     let big = render(&s).unwrap();
     let base = render(&base_spec()).unwrap();
-    let per = |r: &Ruleset| r.rule_count() - base.rule_count();
-    assert_eq!(per(&big), 2 * per(&small));
-    assert_eq!(big.chains.len() - base.chains.len(), 200);
+    // Three lists ([host, a], [host, b], [host, c]) at either size.
+    assert_eq!(big.chains.len() - base.chains.len(), 6);
+    assert_eq!(big.chains.len(), small.chains.len());
+    assert_eq!(big.rule_count(), small.rule_count());
+    // Per endpoint: 2 anti-spoofing elements, 2 map entries, 2 members.
+    let per = |r: &Ruleset| r.element_count() - base.element_count();
+    assert_eq!(per(&small), 50 * 6);
+    assert_eq!(per(&big), 100 * 6);
 }
 
 // Properties over random specs.
@@ -482,6 +616,39 @@ proptest! {
         prop_assert!(!actions.contains(&PolicyAction::DeleteTable));
         let created = simulate(None, &plan(&want, None));
         prop_assert_eq!(created, Ok(Some(want)));
+    }
+
+    #[test]
+    fn chains_are_one_pair_per_distinct_profile_list(s in arb_spec()) {
+        let rs = render(&s).unwrap();
+        let lists: BTreeSet<&Vec<String>> = s.endpoints.values().map(|e| &e.profiles).collect();
+        let base = render(&PolicySpec::default()).unwrap();
+        prop_assert_eq!(rs.chains.len(), base.chains.len() + 2 * lists.len());
+        for (ifname, ep) in &s.endpoints {
+            let id = profile_list_id(&ep.profiles);
+            prop_assert_eq!(&rs.maps[FROM_EP_MAP].entries[ifname.as_str()], &MapTarget::Goto(ep_out_chain(&id).into()));
+            prop_assert_eq!(&rs.maps[TO_EP_MAP].entries[ifname.as_str()], &MapTarget::Goto(ep_in_chain(&id).into()));
+        }
+    }
+
+    #[test]
+    fn an_endpoint_with_a_list_in_use_adds_no_chain(s in arb_spec(), pick in any::<prop::sample::Index>()) {
+        prop_assume!(!s.endpoints.is_empty());
+        let lists: Vec<&Vec<String>> = s.endpoints.values().map(|e| &e.profiles).collect();
+        let profiles = pick.get(&lists).to_vec();
+        let mut s2 = s.clone();
+        s2.endpoints.insert(ifname(50), EndpointPolicy { ipv4: vec![v4(50)], ipv6: vec![v6(50)], profiles });
+        let have = render(&s).unwrap();
+        let want = render(&s2).unwrap();
+        let actions = plan(&want, Some(&have));
+        for a in &actions {
+            prop_assert!(
+                matches!(a, PolicyAction::AddElements { .. } | PolicyAction::AddMapEntries { .. }),
+                "not an element or entry addition: {}", a
+            );
+        }
+        prop_assert_eq!(actions.len(), 4);
+        prop_assert_eq!(simulate(Some(have), &actions), Ok(Some(want)));
     }
 
     #[test]

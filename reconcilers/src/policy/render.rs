@@ -11,20 +11,33 @@
 //!   in `ep-src.v4`, same for IPv6) *before* conntrack, so a spoofed packet
 //!   cannot ride on another endpoint's established flow; established and
 //!   related accept; invalid drop; `iifname vmap @from-ep` → `goto
-//!   ep-out.<if>`; drop (an interface with no entry).
+//!   ep-out.<id>` of the interface's profile list; drop (an interface with
+//!   no entry).
 //! - `to-endpoint`: neighbour discovery accept; established, related
-//!   accept; invalid drop; `oifname vmap @to-ep` → `goto ep-in.<if>`; drop.
-//! - `ep-out.<if>`: every outbound rule of the endpoint's profiles with
-//!   verdict `return` (back in the base chain, the destination's check
-//!   follows), de-duplicated, then drop. `ep-in.<if>`: inbound rules with
-//!   `accept`, then drop. A rule that allows everything ends the chain
-//!   (what would follow it could never match). Unknown profiles add
-//!   nothing, so an endpoint whose profiles are all unknown drops all.
+//!   accept; invalid drop; `oifname vmap @to-ep` → `goto ep-in.<id>`; drop.
+//! - one pair of chains per distinct ordered profile list on the node, named
+//!   from it (`<id>` is [`profile_list_id`], 16 hex digits of a hash of the
+//!   list) and shared by every endpoint with that list: the maps send each
+//!   endpoint's interface to its list's pair. `ep-out.<id>`: every outbound
+//!   rule of the list's profiles with verdict `return` (back in the base
+//!   chain, the destination's check follows), de-duplicated, then drop.
+//!   `ep-in.<id>`: inbound rules with `accept`, then drop. A rule that
+//!   allows everything ends the chain (what would follow it could never
+//!   match). Unknown profiles add nothing, so a list whose profiles are all
+//!   unknown drops all. The name depends on the list, not on the profiles'
+//!   rules: editing a profile rewrites its lists' chains in place and
+//!   leaves every map entry alone.
 //! - netgroup `n` named by any rendered rule: sets `ng.<n>.v4`, `ng.<n>.v6`
 //!   with its members' addresses.
 //!
-//! Size: two chains and a few elements per endpoint, two sets per netgroup;
-//! never anything per pair of endpoints.
+//! Size: chains and rules grow with the number of distinct profile lists
+//! (at most the number of endpoints; on a real node one per combination of
+//! netgroups and `public` in use there, the host profile being the
+//! node's); set and map elements grow with endpoints (their addresses, two
+//! map entries each); two sets per netgroup; never anything per pair of
+//! endpoints. So an endpoint whose list the node already has is element
+//! updates only: its anti-spoofing elements, its two map entries, its
+//! netgroup members.
 
 use super::model::{PolicySpec, Rule};
 use super::ruleset::*;
@@ -37,7 +50,9 @@ use nftables::stmt::{JumpTarget, Match, Operator, Statement, VerdictMap};
 use nftables::types::NfHook;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Why a spec cannot be rendered. Nothing is applied then.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +70,18 @@ pub enum RenderError {
         profile: String,
         /// The netgroup name given.
         name: String,
+    },
+    /// Two different profile lists have the same id (a 64-bit hash
+    /// collision: never expected, but sharing their chains would give one
+    /// list the other's rules).
+    #[error("profile lists {first:?} and {second:?} have the same id {id}: rename a profile")]
+    ProfileListCollision {
+        /// The id both hash to.
+        id: String,
+        /// One list.
+        first: Vec<String>,
+        /// The other.
+        second: Vec<String>,
     },
 }
 
@@ -129,19 +156,18 @@ fn jump(chain: &str) -> Statement<'static> {
 pub(crate) fn rule(label: &str, expr: Vec<Statement<'static>>) -> RuleModel {
     let json = serde_json::to_string(&expr).expect("nft statements always serialise");
     let digest = Sha256::digest(json.as_bytes());
-    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    let mut label = label.to_string();
-    if label.len() > LABEL_MAX {
-        let mut cut = LABEL_MAX;
-        while !label.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        label.truncate(cut);
+    let mut cut = label.len().min(LABEL_MAX);
+    while !label.is_char_boundary(cut) {
+        cut -= 1;
     }
-    RuleModel {
-        comment: format!("{label} {hash}"),
-        expr,
+    let mut comment = String::with_capacity(cut + 9);
+    comment.push_str(&label[..cut]);
+    comment.push(' ');
+    for b in &digest[..4] {
+        use std::fmt::Write;
+        let _ = write!(comment, "{b:02x}");
     }
+    RuleModel { comment, expr }
 }
 
 /// Traffic direction as seen from an endpoint.
@@ -364,87 +390,141 @@ fn render_rule(
     })
 }
 
+/// The rules of one direction of a profile list's chain: its profiles'
+/// rules in order, de-duplicated, up to the first that allows everything,
+/// then `deny` unless one did. Unknown profiles add nothing (fail closed).
+fn list_rules<'s>(
+    spec: &'s PolicySpec,
+    profiles: &[String],
+    dir: Dir,
+    memo: &mut HashMap<(&'s Rule, Dir), Vec<RuleModel>>,
+    netgroups: &mut BTreeSet<String>,
+    deny: &RuleModel,
+) -> Result<Vec<RuleModel>, RenderError> {
+    let mut rules: Vec<RuleModel> = Vec::new();
+    for profile in profiles {
+        let Some(p) = spec.profiles.get(profile) else {
+            continue;
+        };
+        let list = match dir {
+            Dir::In => &p.inbound,
+            Dir::Out => &p.outbound,
+        };
+        for r in list {
+            let rendered = match memo.entry((r, dir)) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(render_rule(r, dir, profile, netgroups)?),
+            };
+            for nr in rendered.iter() {
+                // A chain holds a few rules: a scan beats a set here.
+                if !rules.iter().any(|have| have.comment == nr.comment) {
+                    rules.push(nr.clone());
+                }
+            }
+            if *r == Rule::All {
+                // After a rule that allows everything, nothing matters.
+                return Ok(rules);
+            }
+        }
+    }
+    rules.push(deny.clone());
+    Ok(rules)
+}
+
 /// Renders the table for `spec`. Fails on names that cannot be ours
 /// (endpoint keys) or cannot be netgroups (names in rules).
 pub fn render(spec: &PolicySpec) -> Result<Ruleset, RenderError> {
     let mut rs = Ruleset::default();
     base_chains(&mut rs);
-    let mut src4 = SetModel::new(SetKind::IfnameIpv4);
-    let mut src6 = SetModel::new(SetKind::IfnameIpv6);
-    let mut from_ep = MapModel::default();
-    let mut to_ep = MapModel::default();
+    // Built as vectors in interface order, then collected: a sorted bulk
+    // build costs a fraction of one insert at a time.
+    let n = spec.endpoints.len();
+    let mut src4 = Vec::with_capacity(n);
+    let mut src6 = Vec::with_capacity(n);
+    let mut from_ep = Vec::with_capacity(n);
+    let mut to_ep = Vec::with_capacity(n);
     let mut netgroups = BTreeSet::new();
-    // Many endpoints share profiles: render each (rule, direction) once.
+    // Many lists share profiles: render each (rule, direction) once.
     let mut memo: HashMap<(&Rule, Dir), Vec<RuleModel>> = HashMap::new();
+    let deny = drop_rule("nothing allows it");
+    // Profile list → the names of its (outbound, inbound) chains.
+    let mut lists: HashMap<&[String], (Arc<str>, Arc<str>)> = HashMap::new();
     for (ifname, ep) in &spec.endpoints {
         if !valid_endpoint(ifname) {
             return Err(RenderError::EndpointName {
                 name: ifname.clone(),
             });
         }
-        src4.elements
-            .extend(ep.ipv4.iter().map(|a| SetElem::IfV4(ifname.clone(), *a)));
-        src6.elements
-            .extend(ep.ipv6.iter().map(|a| SetElem::IfV6(ifname.clone(), *a)));
-        for (dir, chain, map) in [
-            (Dir::Out, ep_out_chain(ifname), &mut from_ep),
-            (Dir::In, ep_in_chain(ifname), &mut to_ep),
-        ] {
-            let mut rules: Vec<RuleModel> = Vec::new();
-            let mut seen = BTreeSet::new();
-            // After a rule that allows everything, nothing else matters.
-            let mut allows_all = false;
-            'profiles: for profile in &ep.profiles {
-                // An unknown profile allows nothing (fail closed).
-                let Some(p) = spec.profiles.get(profile) else {
-                    continue;
-                };
-                let list = match dir {
-                    Dir::In => &p.inbound,
-                    Dir::Out => &p.outbound,
-                };
-                for r in list {
-                    let rendered = match memo.get(&(r, dir)) {
-                        Some(v) => v.clone(),
-                        None => {
-                            let v = render_rule(r, dir, profile, &mut netgroups)?;
-                            memo.insert((r, dir), v.clone());
-                            v
-                        }
-                    };
-                    for nr in rendered {
-                        if seen.insert(nr.comment.clone()) {
-                            rules.push(nr);
-                        }
-                    }
-                    if *r == Rule::All {
-                        allows_all = true;
-                        break 'profiles;
+        let name: Arc<str> = Arc::from(ifname.as_str());
+        src4.extend(ep.ipv4.iter().map(|a| SetElem::IfV4(name.clone(), *a)));
+        src6.extend(ep.ipv6.iter().map(|a| SetElem::IfV6(name.clone(), *a)));
+        let (out, inn) = match lists.entry(ep.profiles.as_slice()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let id = profile_list_id(&ep.profiles);
+                let pair: (Arc<str>, Arc<str>) =
+                    (ep_out_chain(&id).into(), ep_in_chain(&id).into());
+                for (dir, chain) in [(Dir::Out, &pair.0), (Dir::In, &pair.1)] {
+                    let rules =
+                        list_rules(spec, &ep.profiles, dir, &mut memo, &mut netgroups, &deny)?;
+                    let model = ChainModel { base: None, rules };
+                    if rs.chains.insert(chain.to_string(), model).is_some() {
+                        let first = spec
+                            .endpoints
+                            .values()
+                            .map(|other| &other.profiles)
+                            .find(|p| **p != ep.profiles && profile_list_id(p) == id)
+                            .cloned()
+                            .unwrap_or_default();
+                        return Err(RenderError::ProfileListCollision {
+                            id,
+                            first,
+                            second: ep.profiles.clone(),
+                        });
                     }
                 }
+                e.insert(pair)
             }
-            if !allows_all {
-                rules.push(drop_rule("nothing allows it"));
-            }
-            map.entries
-                .insert(ifname.clone(), MapTarget::Goto(chain.clone()));
-            rs.chains.insert(chain, ChainModel { base: None, rules });
-        }
+        };
+        from_ep.push((name.clone(), MapTarget::Goto(out.clone())));
+        to_ep.push((name, MapTarget::Goto(inn.clone())));
     }
-    rs.sets.insert(SRC_V4.to_string(), src4);
-    rs.sets.insert(SRC_V6.to_string(), src6);
-    rs.maps.insert(FROM_EP_MAP.to_string(), from_ep);
-    rs.maps.insert(TO_EP_MAP.to_string(), to_ep);
+    let set = |kind, elements: Vec<SetElem>| SetModel {
+        kind,
+        elements: elements.into_iter().collect(),
+    };
+    let map = |entries: Vec<(Arc<str>, MapTarget)>| MapModel {
+        well_typed: true,
+        entries: entries.into_iter().collect(),
+    };
+    rs.sets
+        .insert(SRC_V4.to_string(), set(SetKind::IfnameIpv4, src4));
+    rs.sets
+        .insert(SRC_V6.to_string(), set(SetKind::IfnameIpv6, src6));
+    rs.maps.insert(FROM_EP_MAP.to_string(), map(from_ep));
+    rs.maps.insert(TO_EP_MAP.to_string(), map(to_ep));
     for n in netgroups {
-        let members = spec.netgroups.get(&n);
-        let mut v4 = SetModel::new(SetKind::Ipv4);
-        let mut v6 = SetModel::new(SetKind::Ipv6);
-        if let Some(m) = members {
-            v4.elements.extend(m.ipv4.iter().map(|a| SetElem::V4(*a)));
-            v6.elements.extend(m.ipv6.iter().map(|a| SetElem::V6(*a)));
-        }
-        rs.sets.insert(netgroup_set(&n, false), v4);
-        rs.sets.insert(netgroup_set(&n, true), v6);
+        let (v4, v6) = match spec.netgroups.get(&n) {
+            Some(m) => (
+                m.ipv4.iter().map(|a| SetElem::V4(*a)).collect(),
+                m.ipv6.iter().map(|a| SetElem::V6(*a)).collect(),
+            ),
+            None => Default::default(),
+        };
+        rs.sets.insert(
+            netgroup_set(&n, false),
+            SetModel {
+                kind: SetKind::Ipv4,
+                elements: v4,
+            },
+        );
+        rs.sets.insert(
+            netgroup_set(&n, true),
+            SetModel {
+                kind: SetKind::Ipv6,
+                elements: v6,
+            },
+        );
     }
     Ok(rs)
 }
@@ -488,22 +568,30 @@ mod tests {
         s
     }
 
+    /// The (outbound, inbound) chains of endpoint `ifname`, through the maps.
+    fn chains_of<'r>(rs: &'r Ruleset, ifname: &str) -> (&'r ChainModel, &'r ChainModel) {
+        let target = |map: &str| match &rs.maps[map].entries[ifname] {
+            MapTarget::Goto(chain) => &rs.chains[&**chain],
+            other => panic!("{other:?}"),
+        };
+        (target(FROM_EP_MAP), target(TO_EP_MAP))
+    }
+
     #[test]
     fn rules_are_deduplicated_and_stop_at_all() {
         let rs = render(&spec()).unwrap();
-        let out = &rs.chains["ep-out.cali1"];
+        let (out, inn) = chains_of(&rs, "cali1");
         // a: All; nothing after it matters (no final drop either).
         assert_eq!(out.signature().len(), 1, "{:?}", out.signature());
         assert!(out.rules[0].comment.starts_with("all "));
         // a: netgroup a (v4, v6), public: All.
-        let inn = &rs.chains["ep-in.cali1"];
         assert_eq!(inn.rules.len(), 3, "{:?}", inn.signature());
         let mut s = spec();
         s.endpoints.get_mut("cali1").unwrap().profiles = vec!["a".into(), "a".into()];
         s.profiles.get_mut("a").unwrap().outbound =
             vec![Rule::Netgroup("a".into()), Rule::Netgroup("a".into())];
         let rs = render(&s).unwrap();
-        let out = &rs.chains["ep-out.cali1"];
+        let (out, _) = chains_of(&rs, "cali1");
         assert_eq!(out.rules.len(), 3, "deduplicated: {:?}", out.signature());
         assert!(out.rules[2].comment.starts_with("nothing allows it "));
     }
@@ -522,11 +610,53 @@ mod tests {
     #[test]
     fn same_rule_has_a_different_comment_per_direction() {
         let rs = render(&spec()).unwrap();
-        let out = &rs.chains["ep-out.cali1"].rules[0].comment;
-        let inn = &rs.chains["ep-in.cali1"].rules[2].comment;
+        let (out, inn) = chains_of(&rs, "cali1");
+        let (out, inn) = (&out.rules[0].comment, &inn.rules[2].comment);
         assert!(out.starts_with("all "));
         assert!(inn.starts_with("all "));
         assert_ne!(out, inn, "return and accept hash differently");
+    }
+
+    #[test]
+    fn endpoints_with_one_profile_list_share_its_chains() {
+        let mut s = spec();
+        let one = s.endpoints["cali1"].clone();
+        s.endpoints.insert("cali2".into(), one.clone());
+        let mut reordered = one.clone();
+        reordered.profiles.reverse();
+        s.endpoints.insert("cali3".into(), reordered);
+        let rs = render(&s).unwrap();
+        let id = profile_list_id(&one.profiles);
+        for ifname in ["cali1", "cali2"] {
+            assert_eq!(
+                rs.maps[FROM_EP_MAP].entries[ifname],
+                MapTarget::Goto(format!("ep-out.{id}").into())
+            );
+            assert_eq!(
+                rs.maps[TO_EP_MAP].entries[ifname],
+                MapTarget::Goto(format!("ep-in.{id}").into())
+            );
+        }
+        // Order matters (it decides where a rule allowing all stops the
+        // chain): another order is another list.
+        assert_ne!(
+            rs.maps[TO_EP_MAP].entries["cali3"],
+            rs.maps[TO_EP_MAP].entries["cali1"]
+        );
+        // Two lists, two chains each.
+        let chains: Vec<&String> = rs.chains.keys().filter(|n| n.starts_with("ep-")).collect();
+        assert_eq!(chains.len(), 4, "{chains:?}");
+        assert_eq!(id.len(), 16);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn list_ids_do_not_confuse_boundaries() {
+        let id = |l: &[&str]| profile_list_id(&l.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_ne!(id(&["ab", "c"]), id(&["a", "bc"]));
+        assert_ne!(id(&["a"]), id(&["a", ""]));
+        assert_ne!(id(&[]), id(&[""]));
+        assert_eq!(id(&["host:n1", "web"]), id(&["host:n1", "web"]));
     }
 
     #[test]

@@ -8,11 +8,17 @@
 //! would need a normaliser for every construct; comparing comments needs
 //! none. Everything else (sets, set elements, map entries, base chain
 //! hooks) is compared by value.
+//!
+//! Interface and chain names in elements and map entries are `Arc<str>`:
+//! a node's table repeats each interface name four times and each chain
+//! name once per endpoint, and rendering it is on every change's path.
 
 use nftables::stmt::Statement;
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 /// The name of our table (family `inet`). Nothing outside it is ever read
 /// or changed.
@@ -23,23 +29,44 @@ pub const FAMILY: NfFamily = NfFamily::INet;
 pub const FROM_ENDPOINT: &str = "from-endpoint";
 /// Chain that checks traffic going to an endpoint (its inbound rules).
 pub const TO_ENDPOINT: &str = "to-endpoint";
-/// Verdict map: incoming interface → `goto ep-out.<ifname>`.
+/// Verdict map: incoming interface → `goto ep-out.<id>` of its profile
+/// list.
 pub const FROM_EP_MAP: &str = "from-ep";
-/// Verdict map: outgoing interface → `goto ep-in.<ifname>`.
+/// Verdict map: outgoing interface → `goto ep-in.<id>` of its profile list.
 pub const TO_EP_MAP: &str = "to-ep";
 /// Anti-spoofing set: `ifname . ipv4_addr` pairs an endpoint may send from.
 pub const SRC_V4: &str = "ep-src.v4";
 /// Anti-spoofing set: `ifname . ipv6_addr` pairs an endpoint may send from.
 pub const SRC_V6: &str = "ep-src.v6";
 
-/// The chain holding an endpoint's outbound rules.
-pub fn ep_out_chain(ifname: &str) -> String {
-    format!("ep-out.{ifname}")
+/// The id of an ordered profile list: 16 hex digits of the SHA-256 of the
+/// names, each preceded by its length (so no two lists encode alike).
+/// Every endpoint with this list shares the chains named from it.
+pub fn profile_list_id(profiles: &[String]) -> String {
+    let mut h = Sha256::new();
+    for p in profiles {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut id = String::with_capacity(16);
+    for b in &digest[..8] {
+        use std::fmt::Write;
+        let _ = write!(id, "{b:02x}");
+    }
+    id
 }
 
-/// The chain holding an endpoint's inbound rules.
-pub fn ep_in_chain(ifname: &str) -> String {
-    format!("ep-in.{ifname}")
+/// The chain holding the outbound rules of a profile list (by its
+/// [`profile_list_id`]).
+pub fn ep_out_chain(list_id: &str) -> String {
+    format!("ep-out.{list_id}")
+}
+
+/// The chain holding the inbound rules of a profile list (by its
+/// [`profile_list_id`]).
+pub fn ep_in_chain(list_id: &str) -> String {
+    format!("ep-in.{list_id}")
 }
 
 /// The set holding a netgroup's IPv4 (`v6 == false`) or IPv6 members.
@@ -95,9 +122,9 @@ pub enum SetElem {
     /// An IPv6 address.
     V6(Ipv6Addr),
     /// An interface and an IPv4 address.
-    IfV4(String, Ipv4Addr),
+    IfV4(Arc<str>, Ipv4Addr),
     /// An interface and an IPv6 address.
-    IfV6(String, Ipv6Addr),
+    IfV6(Arc<str>, Ipv6Addr),
 }
 
 impl SetElem {
@@ -146,7 +173,7 @@ impl SetModel {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MapTarget {
     /// `goto <chain>`: the only kind we build.
-    Goto(String),
+    Goto(Arc<str>),
     /// Only in observations: any other verdict, as nft lists it.
     Other(String),
 }
@@ -158,7 +185,7 @@ pub struct MapModel {
     /// the table is rebuilt).
     pub well_typed: bool,
     /// Interface name → verdict.
-    pub entries: BTreeMap<String, MapTarget>,
+    pub entries: BTreeMap<Arc<str>, MapTarget>,
 }
 
 impl Default for MapModel {
@@ -213,8 +240,8 @@ pub struct ChainModel {
 pub struct RuleModel {
     /// `<label> <hash>`; empty for an observed rule without a comment.
     pub comment: String,
-    /// The statements (empty for observed rules that nft listed in a form
-    /// the nftables crate cannot read).
+    /// The statements; empty for observed rules, which are recognised by
+    /// their comment alone (nft's listing of them is not read).
     pub expr: Vec<Statement<'static>>,
 }
 
