@@ -63,7 +63,10 @@ fn spec(n: usize, groups: usize, remote: usize) -> PolicySpec {
             netgroups.push(format!("g{}", (i + 1) % groups));
         }
         for g in &netgroups {
-            let m = spec.netgroups.entry(g.clone()).or_insert_with(Members::default);
+            let m = spec
+                .netgroups
+                .entry(g.clone())
+                .or_insert_with(Members::default);
             m.ipv4.insert(v4(i));
             m.ipv6.insert(v6(i));
         }
@@ -84,6 +87,9 @@ fn spec(n: usize, groups: usize, remote: usize) -> PolicySpec {
     }
     spec
 }
+
+/// A change to a spec (the round number picks which endpoint or member).
+type Change<'a> = dyn Fn(&mut PolicySpec, usize) + 'a;
 
 fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
@@ -129,7 +135,11 @@ fn main() {
     println!("|---|---|---|");
 
     // Size as the node grows (pure).
-    let sizes: &[usize] = if quick { &[10, 100] } else { &[10, 1_000, 10_000] };
+    let sizes: &[usize] = if quick {
+        &[10, 100]
+    } else {
+        &[10, 1_000, 10_000]
+    };
     for &n in sizes {
         let rs = render(&spec(n, (n / 10).max(1), 0)).unwrap();
         let (rules, elements) = (rs.rule_count(), rs.element_count());
@@ -144,7 +154,11 @@ fn main() {
     if !testsupport::require_root() {
         return;
     }
-    let (n, groups, rounds) = if quick { (100, 10, 3) } else { (1_000, 100, 20) };
+    let (n, groups, rounds) = if quick {
+        (100, 10, 3)
+    } else {
+        (1_000, 100, 20)
+    };
     let ns = Netns::new("bpolicy");
     // Built here, outside the namespace: tokio's first IO runtime makes a
     // process-wide socket pair that would otherwise pin the namespace.
@@ -161,7 +175,7 @@ fn main() {
             "| full create of the table, {n} endpoints in {groups} netgroups | {} | — |",
             ms(start.elapsed())
         );
-        let cases: [(&str, Box<dyn Fn(&mut PolicySpec, usize)>); 3] = [
+        let cases: [(&str, Box<Change<'_>>); 3] = [
             (
                 "an endpoint added (then removed)",
                 Box::new(|s: &mut PolicySpec, i| {

@@ -365,7 +365,7 @@ impl Shared {
         let count = self
             .resyncs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if count % READ_BACK_EVERY == 0 {
+        if count.is_multiple_of(READ_BACK_EVERY) {
             self.recheck_policy(Duration::ZERO);
         } else {
             self.trigger_work(Work::Policy, Duration::ZERO);
