@@ -46,9 +46,9 @@ pub fn run(store: &dyn Store, command: IpamCommand) -> anyhow::Result<()> {
             "{:<40} {:>6} {:>22} {:>8} {:>22} {:>7}",
             cidr,
             format!("/{}", p.block_size),
-            p.size,
+            count(p.size),
             p.used,
-            p.free,
+            count(p.free),
             p.blocks
         );
     }
@@ -69,4 +69,44 @@ pub fn run(store: &dyn Store, command: IpamCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An address count for the table: exact up to ten million, beyond that
+/// (IPv6 pools) as a power of two, or a power of two minus the rest
+/// (`2^64 − 3`), so the columns stay readable. JSON keeps exact numbers.
+fn count(n: u128) -> String {
+    const EXACT: u128 = 10_000_000;
+    if n < EXACT {
+        return n.to_string();
+    }
+    if n > 1 << 127 {
+        return format!("{:.3e}", n as f64);
+    }
+    let above = n.next_power_of_two();
+    let bits = above.trailing_zeros();
+    match above - n {
+        0 => format!("2^{bits}"),
+        short if short < EXACT => format!("2^{bits} − {short}"),
+        _ => format!("{:.3e}", n as f64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn counts_stay_readable() {
+        for (n, want) in [
+            (0u128, "0"),
+            (65_536, "65536"),
+            (9_999_999, "9999999"),
+            (1 << 64, "2^64"),
+            ((1 << 64) - 3, "2^64 − 3"),
+            (1 << 24, "2^24"),
+            (3 << 40, "3.299e12"),
+        ] {
+            assert_eq!(count(n), want, "{n}");
+        }
+    }
 }
