@@ -504,8 +504,12 @@ async fn watch_store(shared: Arc<Shared>, tx: Triggers, mut revision: store::Rev
         };
         revision = changes.revision;
         let mut policy_changed = false;
-        let affects_policy =
-            |key: &str| key.starts_with(keys::PROFILES) || key.starts_with(keys::ENDPOINTS);
+        // This node's own endpoints bring the policy up to date in their
+        // own reconcile (matched above, before this guard).
+        let affects_policy = |key: &str| {
+            key.starts_with(keys::PROFILES)
+                || (key.starts_with(keys::ENDPOINTS) && !key.starts_with(&prefix))
+        };
         for change in changes.changes {
             match change {
                 Change::Put(kv) if kv.key.starts_with(&prefix) => {
