@@ -3,10 +3,12 @@
 
 use crate::netns::{NetnsError, NsThread};
 use futures::StreamExt;
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
 use rtnetlink::Handle;
+use std::net::IpAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 
 /// Failures of one netlink request.
@@ -146,4 +148,49 @@ pub(crate) async fn request(
         }
     }
     Ok(out)
+}
+
+/// Every address of both families (IPv4 dump, then IPv6), or only those of
+/// interface `index` when it is not 0 (the kernel filters by the index in
+/// the request; the answers are checked again, as older kernels ignore it).
+pub(crate) async fn dump_addresses(
+    conn: &Conn,
+    index: u32,
+) -> Result<Vec<AddressMessage>, NlError> {
+    let mut out = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family;
+        msg.header.index = index;
+        for m in request(
+            conn,
+            RouteNetlinkMessage::GetAddress(msg),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )
+        .await?
+        {
+            match m {
+                RouteNetlinkMessage::NewAddress(a) if index == 0 || a.header.index == index => {
+                    out.push(a)
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The interface's own address in an address message: IFA_LOCAL, else
+/// IFA_ADDRESS (which is the peer's on point-to-point links, and the same
+/// as IFA_LOCAL elsewhere).
+pub(crate) fn own_address(a: &AddressMessage) -> Option<IpAddr> {
+    let mut address = None;
+    for attr in &a.attributes {
+        match attr {
+            AddressAttribute::Local(ip) => return Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    address
 }

@@ -8,14 +8,14 @@
 //! dump per family in the calling thread's network namespace. This module
 //! reads only; it changes nothing.
 
-use crate::nl::{request, Conn, NlError};
+use crate::nl::{dump_addresses, own_address, request, Conn, NlError};
 use crate::HOST_IFNAME_PREFIX;
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -81,26 +81,11 @@ pub async fn list_addresses() -> Result<Vec<NodeAddress>, NlError> {
             }
         }
     }
-    let mut out = Vec::new();
-    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        let mut msg = AddressMessage::default();
-        msg.header.family = family;
-        let answers = request(
-            &conn,
-            RouteNetlinkMessage::GetAddress(msg),
-            NLM_F_REQUEST | NLM_F_DUMP,
-        )
-        .await?;
-        for m in answers {
-            let RouteNetlinkMessage::NewAddress(a) = m else {
-                continue;
-            };
-            if let Some(candidate) = node_address(&a, &names) {
-                out.push(candidate);
-            }
-        }
-    }
-    Ok(out)
+    Ok(dump_addresses(&conn, 0)
+        .await?
+        .iter()
+        .filter_map(|a| node_address(a, &names))
+        .collect())
 }
 
 /// The node's addresses by [`select_addresses`], read from the calling
@@ -110,21 +95,16 @@ pub async fn detect_addresses() -> Result<Vec<IpAddr>, NlError> {
 }
 
 fn node_address(a: &AddressMessage, names: &BTreeMap<u32, String>) -> Option<NodeAddress> {
-    let mut local = None;
-    let mut address = None;
+    let ip = own_address(a)?;
     // The 32-bit IFA_FLAGS attribute, when present, supersedes the header's.
-    let mut dad_failed = a.header.flags.contains(AddressHeaderFlags::Dadfailed);
-    for attr in &a.attributes {
-        match attr {
-            AddressAttribute::Local(ip) => local = Some(*ip),
-            AddressAttribute::Address(ip) => address = Some(*ip),
-            AddressAttribute::Flags(f) => dad_failed = f.contains(AddressFlags::Dadfailed),
-            _ => {}
-        }
-    }
-    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's
-    // on point-to-point links (and the same as IFA_LOCAL elsewhere).
-    let ip = local.or(address)?;
+    let dad_failed = a
+        .attributes
+        .iter()
+        .find_map(|attr| match attr {
+            AddressAttribute::Flags(f) => Some(f.contains(AddressFlags::Dadfailed)),
+            _ => None,
+        })
+        .unwrap_or_else(|| a.header.flags.contains(AddressHeaderFlags::Dadfailed));
     Some(NodeAddress {
         ifindex: a.header.index,
         ifname: names.get(&a.header.index).cloned(),

@@ -88,13 +88,12 @@ pub async fn reconcile_policy(
     };
     let run = || async {
         let store = ctx.store.as_ref();
-        let everyone = policy::all_endpoints(store)?;
-        let mine: Vec<Endpoint> = everyone
-            .iter()
-            .filter(|e| e.node == ctx.node)
-            .cloned()
-            .collect();
-        let spec = policy::desired_policy(&mine, &everyone, &profiles::list(store)?);
+        // Membership counts both lists, so this node's endpoints need not
+        // be copied into the cluster's.
+        let (mine, others): (Vec<Endpoint>, Vec<Endpoint>) = policy::all_endpoints(store)?
+            .into_iter()
+            .partition(|e| e.node == ctx.node);
+        let spec = policy::desired_policy(&mine, &others, &profiles::list(store)?);
         anyhow::Ok(dataplane.ensure(&spec, dry_run).await?)
     };
     if dry_run {

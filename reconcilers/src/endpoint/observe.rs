@@ -10,9 +10,8 @@
 use super::model::*;
 use super::plan::MAIN_TABLE;
 use crate::nl::Conn;
-use crate::nl::{request, NlError};
+use crate::nl::{dump_addresses, own_address, request, NlError};
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, InfoKind, LinkAttribute, LinkFlags, LinkInfo,
     LinkMessage,
@@ -364,46 +363,13 @@ pub(crate) async fn observe_node(
 }
 
 async fn container_addresses(h: &Conn, eth0: u32) -> Result<Vec<(IpAddr, u8)>, NlError> {
-    let mut out = Vec::new();
-    for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
-        let mut msg = AddressMessage::default();
-        msg.header.family = fam;
-        msg.header.index = eth0;
-        let answers = request(
-            h,
-            RouteNetlinkMessage::GetAddress(msg),
-            NLM_F_REQUEST | NLM_F_DUMP,
-        )
-        .await?;
-        for m in answers {
-            let RouteNetlinkMessage::NewAddress(a) = m else {
-                continue;
-            };
-            if a.header.index != eth0 {
-                continue;
-            }
-            let mut local = None;
-            let mut address = None;
-            for attr in &a.attributes {
-                match attr {
-                    AddressAttribute::Local(ip) => local = Some(*ip),
-                    AddressAttribute::Address(ip) => address = Some(*ip),
-                    _ => {}
-                }
-            }
-            let Some(ip) = local.or(address) else {
-                continue;
-            };
-            // Link-local IPv6 is the kernel's, not part of the dataplane.
-            if let IpAddr::V6(v6) = ip {
-                if v6.segments()[0] & 0xffc0 == 0xfe80 {
-                    continue;
-                }
-            }
-            out.push((ip, a.header.prefix_len));
-        }
-    }
-    Ok(out)
+    Ok(dump_addresses(h, eth0)
+        .await?
+        .iter()
+        .filter_map(|a| Some((own_address(a)?, a.header.prefix_len)))
+        // Link-local IPv6 is the kernel's, not part of the dataplane.
+        .filter(|(ip, _)| !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+        .collect())
 }
 
 async fn container_neighbours(h: &Conn, eth0: u32) -> Result<Vec<ContainerNeighbour>, NlError> {
