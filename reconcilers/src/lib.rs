@@ -7,6 +7,7 @@
 
 pub mod endpoint;
 pub mod events;
+pub mod fabric;
 pub mod netns;
 mod nl;
 pub mod node;

@@ -21,12 +21,14 @@
 
 mod cmd;
 mod container;
+mod fabric;
 mod netns;
 mod node;
 mod ping;
 
 pub use cmd::{run, run_ok, CmdError, COMMAND_TIMEOUT};
 pub use container::{exec_in, Container};
+pub use fabric::{Fabric, FabricNode};
 pub use netns::{netns_inode, Netns, NETNS_PREFIX};
 pub use node::{Node, GATEWAY_V4, GATEWAY_V6};
 pub use ping::{ping, ping_from, Exec};

@@ -21,7 +21,8 @@ use netlink_packet_route::neighbour::{
 };
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+    RouteVia,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::collections::BTreeMap;
@@ -207,7 +208,12 @@ pub(crate) struct RouteFacts {
     pub table: u32,
     pub protocol: u8,
     pub oif: Option<u32>,
+    /// RTA_GATEWAY, or RTA_VIA when it names an IP address.
     pub gateway: Option<IpAddr>,
+    /// RTA_PRIORITY (the metric); IPv4 omits it when it is 0.
+    pub priority: Option<u32>,
+    /// The route type (unicast, blackhole, ...).
+    pub kind: RouteType,
 }
 
 fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
@@ -231,11 +237,16 @@ pub(crate) fn route_facts(m: &RouteMessage) -> Option<RouteFacts> {
         protocol: u8::from(m.header.protocol),
         oif: None,
         gateway: None,
+        priority: None,
+        kind: m.header.kind,
     };
     for a in &m.attributes {
         match a {
             RouteAttribute::Destination(d) => f.dst = route_addr(d)?,
             RouteAttribute::Gateway(g) => f.gateway = route_addr(g),
+            RouteAttribute::Via(RouteVia::Inet(v)) => f.gateway = Some(IpAddr::V4(*v)),
+            RouteAttribute::Via(RouteVia::Inet6(v)) => f.gateway = Some(IpAddr::V6(*v)),
+            RouteAttribute::Priority(p) => f.priority = Some(*p),
             RouteAttribute::Oif(i) => f.oif = Some(*i),
             RouteAttribute::Table(t) => f.table = *t,
             _ => {}
