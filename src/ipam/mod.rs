@@ -131,3 +131,6 @@ pub(crate) fn with_retries<T>(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests_etcd;

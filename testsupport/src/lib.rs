@@ -21,6 +21,7 @@
 
 mod cmd;
 mod container;
+pub mod etcd;
 mod netns;
 mod node;
 mod ping;
