@@ -2,7 +2,7 @@
 # Install the system packages the tests, benchmarks and demo need (TESTING.md).
 # Idempotent; needs root. Debian (bookworm) package names.
 set -euo pipefail
-packages=(iproute2 nftables iputils-ping jq etcd-server protobuf-compiler
+packages=(iproute2 nftables iputils-ping jq etcd-server protobuf-compiler openssl
           containernetworking-plugins util-linux procps)
 missing=()
 for p in "${packages[@]}"; do

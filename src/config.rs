@@ -2,7 +2,15 @@
 //! or `CALICO_MESOS_CONFIG`), every key overridable by an environment
 //! variable `CALICO_MESOS_<KEY>`. Unknown keys and bad values are errors
 //! that name the key. This module only parses; it opens nothing.
+//!
+//! The etcd settings also honour the variables Calico users know: the
+//! datastore is `CALICO_MESOS_DATASTORE`, else the file's `datastore`, else
+//! `ETCD_ENDPOINTS`, else the legacy `ETCD_AUTHORITY`, else the SQLite
+//! default; each `etcd_*` key is `CALICO_MESOS_ETCD_*`, else the file,
+//! else `ETCD_CA_CERT_FILE`, `ETCD_CERT_FILE`, `ETCD_KEY_FILE`,
+//! `ETCD_USERNAME`, `ETCD_PASSWORD`.
 
+use crate::store::{Datastore, EtcdOptions, Secret, StoreOptions, DEFAULT_ETCD_PREFIX};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -19,8 +27,11 @@ pub const ENV_PREFIX: &str = "CALICO_MESOS_";
 /// The resolved configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Datastore URL: `sqlite:///path/to/store.db`.
+    /// Datastore URL: `sqlite:///path/to/store.db`, `etcd://host:2379[,…]`
+    /// or `etcds://host:2379[,…]` (TLS).
     pub datastore: String,
+    /// etcd settings (certificates, user, key prefix).
+    pub etcd: EtcdOptions,
     /// This node's name (default: the host name).
     pub nodename: String,
     /// Directory for sockets and locks.
@@ -70,6 +81,12 @@ struct FileConfig {
     orphan_grace: Option<String>,
     node_addresses: Option<AddressList>,
     policy: Option<String>,
+    etcd_ca_cert_file: Option<String>,
+    etcd_cert_file: Option<String>,
+    etcd_key_file: Option<String>,
+    etcd_username: Option<String>,
+    etcd_password: Option<String>,
+    etcd_prefix: Option<String>,
 }
 
 /// `node_addresses` as written: a YAML list, or one string with the
@@ -195,6 +212,12 @@ impl Config {
                 "RESYNC_INTERVAL" => &mut file.resync_interval,
                 "ORPHAN_GRACE" => &mut file.orphan_grace,
                 "POLICY" => &mut file.policy,
+                "ETCD_CA_CERT_FILE" => &mut file.etcd_ca_cert_file,
+                "ETCD_CERT_FILE" => &mut file.etcd_cert_file,
+                "ETCD_KEY_FILE" => &mut file.etcd_key_file,
+                "ETCD_USERNAME" => &mut file.etcd_username,
+                "ETCD_PASSWORD" => &mut file.etcd_password,
+                "ETCD_PREFIX" => &mut file.etcd_prefix,
                 "NODE_ADDRESSES" => {
                     // A list, not a string: comma-separated.
                     file.node_addresses = Some(AddressList::Text(value.clone()));
@@ -204,9 +227,53 @@ impl Config {
             };
             *slot = Some(value.clone());
         }
+        // Calico's own variables come last.
+        let calico = |name: &str| env.get(name).filter(|v| !v.trim().is_empty()).cloned();
+        for (slot, name) in [
+            (&mut file.etcd_ca_cert_file, "ETCD_CA_CERT_FILE"),
+            (&mut file.etcd_cert_file, "ETCD_CERT_FILE"),
+            (&mut file.etcd_key_file, "ETCD_KEY_FILE"),
+            (&mut file.etcd_username, "ETCD_USERNAME"),
+            (&mut file.etcd_password, "ETCD_PASSWORD"),
+        ] {
+            if slot.is_none() {
+                *slot = calico(name);
+            }
+        }
+        let datastore = match non_empty("datastore", file.datastore)? {
+            Some(url) => url,
+            None => match Datastore::from_etcd_env(
+                env.get("ETCD_ENDPOINTS").map(String::as_str),
+                env.get("ETCD_AUTHORITY").map(String::as_str),
+            ) {
+                Some(Ok(url)) => url,
+                Some(Err((key, message))) => return Err(ConfigError::BadValue { key, message }),
+                None => "sqlite:///var/lib/calico-mesos/store.db".into(),
+            },
+        };
+        if let Err(e) = Datastore::parse(&datastore) {
+            return Err(ConfigError::BadValue {
+                key: "datastore",
+                message: e.to_string(),
+            });
+        }
+        let path =
+            |key, v: Option<String>| Ok::<_, ConfigError>(non_empty(key, v)?.map(PathBuf::from));
+        let etcd = EtcdOptions {
+            ca_cert_file: path("etcd_ca_cert_file", file.etcd_ca_cert_file)?,
+            cert_file: path("etcd_cert_file", file.etcd_cert_file)?,
+            key_file: path("etcd_key_file", file.etcd_key_file)?,
+            username: non_empty("etcd_username", file.etcd_username)?,
+            password: non_empty("etcd_password", file.etcd_password)?.map(Secret),
+            prefix: match non_empty("etcd_prefix", file.etcd_prefix)? {
+                Some(p) if p.ends_with('/') => p,
+                Some(p) => format!("{p}/"),
+                None => DEFAULT_ETCD_PREFIX.into(),
+            },
+        };
         Ok(Config {
-            datastore: non_empty("datastore", file.datastore)?
-                .unwrap_or_else(|| "sqlite:///var/lib/calico-mesos/store.db".into()),
+            datastore,
+            etcd,
             nodename: match non_empty("nodename", file.nodename)? {
                 Some(name) => name,
                 None => host_name()?,
@@ -235,6 +302,17 @@ impl Config {
                 }
             },
         })
+    }
+}
+
+impl Config {
+    /// What [`crate::store::open`] needs from the configuration.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            datastore: self.datastore.clone(),
+            timeout: self.store_timeout,
+            etcd: self.etcd.clone(),
+        }
     }
 }
 
@@ -538,6 +616,97 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("'example.org' is not an IP address"), "{err}");
+    }
+
+    #[test]
+    fn the_datastore_comes_from_ours_then_the_file_then_calicos_variables() {
+        let n = ("CALICO_MESOS_NODENAME", "n");
+        let ds = |text: &str, env: &[(&str, &str)]| {
+            let env: Vec<(&str, &str)> = std::iter::once(n).chain(env.iter().copied()).collect();
+            resolve(text, &env).map(|c| c.datastore)
+        };
+        let endpoints = (
+            "ETCD_ENDPOINTS",
+            "http://198.19.0.1:2379,http://198.19.0.2:2379",
+        );
+        let authority = ("ETCD_AUTHORITY", "198.19.0.9:4001");
+        assert_eq!(
+            ds("", &[endpoints, authority]).unwrap(),
+            "etcd://198.19.0.1:2379,198.19.0.2:2379"
+        );
+        assert_eq!(ds("", &[authority]).unwrap(), "etcd://198.19.0.9:4001");
+        assert_eq!(
+            ds("", &[("ETCD_ENDPOINTS", "https://[2001:db8:f::1]:2379")]).unwrap(),
+            "etcds://[2001:db8:f::1]:2379"
+        );
+        assert_eq!(
+            ds("datastore: etcds://e1\n", &[endpoints]).unwrap(),
+            "etcds://e1"
+        );
+        assert_eq!(
+            ds(
+                "datastore: etcds://e1\n",
+                &[endpoints, ("CALICO_MESOS_DATASTORE", "sqlite:///x.db")]
+            )
+            .unwrap(),
+            "sqlite:///x.db"
+        );
+        assert_eq!(
+            ds("", &[]).unwrap(),
+            "sqlite:///var/lib/calico-mesos/store.db"
+        );
+        for (text, env, key) in [
+            (
+                "",
+                vec![("ETCD_ENDPOINTS", "198.19.0.1:2379")],
+                "ETCD_ENDPOINTS",
+            ),
+            (
+                "",
+                vec![("ETCD_ENDPOINTS", "http://a:1,https://b:2")],
+                "ETCD_ENDPOINTS",
+            ),
+            ("", vec![("ETCD_AUTHORITY", "a:port")], "ETCD_AUTHORITY"),
+            ("datastore: etcd://\n", vec![], "datastore"),
+            ("datastore: mysql://x\n", vec![], "datastore"),
+            ("datastore: etcd://a:99999\n", vec![], "datastore"),
+        ] {
+            let err = ds(text, &env).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} {env:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn etcd_settings_from_ours_the_file_and_calicos_variables() {
+        let c = resolve(
+            "etcd_cert_file: /file/cert.pem\netcd_prefix: /other\n",
+            &[
+                ("CALICO_MESOS_NODENAME", "n"),
+                ("CALICO_MESOS_ETCD_CA_CERT_FILE", "/ours/ca.pem"),
+                ("ETCD_CA_CERT_FILE", "/calico/ca.pem"),
+                ("ETCD_CERT_FILE", "/calico/cert.pem"),
+                ("ETCD_KEY_FILE", "/calico/key.pem"),
+                ("ETCD_USERNAME", "u"),
+                ("ETCD_PASSWORD", "secret"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.etcd.ca_cert_file, Some("/ours/ca.pem".into()));
+        assert_eq!(c.etcd.cert_file, Some("/file/cert.pem".into()));
+        assert_eq!(c.etcd.key_file, Some("/calico/key.pem".into()));
+        assert_eq!(c.etcd.username.as_deref(), Some("u"));
+        assert_eq!(c.etcd.password, Some(Secret("secret".into())));
+        assert_eq!(c.etcd.prefix, "/other/");
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "the password is never printed"
+        );
+        let c = resolve("", &[("CALICO_MESOS_NODENAME", "n")]).unwrap();
+        assert_eq!(c.etcd.prefix, DEFAULT_ETCD_PREFIX);
+        let err = resolve("etcd_prefix: ''\nnodename: n\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("etcd_prefix"), "{err}");
     }
 
     #[test]

@@ -700,7 +700,11 @@ fn an_unusable_datastore_gets_a_clear_error() {
         (sqlite("a-file/store.db"), "a-file/store.db"),
         (sqlite("a-dir.db"), "a-dir.db"),
         (sqlite("garbage.db"), "garbage.db"),
-        ("etcd://127.0.0.1:1".to_string(), "etcd://127.0.0.1:1"),
+        // PROTOCOL.md's text: the endpoints as URLs, and what to change.
+        (
+            "etcd://127.0.0.1:1".to_string(),
+            "etcd at 'http://127.0.0.1:1'",
+        ),
     ] {
         let mut cmd = store.command();
         cmd.env("CALICO_MESOS_DATASTORE", &url);
@@ -711,6 +715,11 @@ fn an_unusable_datastore_gets_a_clear_error() {
         assert!(error.contains(names), "{url}: {error}");
         if url.starts_with("sqlite") {
             assert!(error.contains("CALICO_MESOS_DATASTORE"), "{url}: {error}");
+        } else {
+            assert_eq!(
+                error,
+                "Failed to communicate with etcd at 'http://127.0.0.1:1'. Ensure that it is up and running or change ETCD_ENDPOINTS (or ETCD_AUTHORITY) for the mesos-agent process.",
+            );
         }
         assert!(
             started.elapsed() < std::time::Duration::from_secs(10),

@@ -24,7 +24,8 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 fn open(agent: &Agent) -> Box<dyn Store> {
     let url = format!("sqlite://{}", agent.store.path().join("store.db").display());
-    store::open(&url, Duration::from_secs(5)).expect("open the test store")
+    store::open(&store::StoreOptions::new(url, Duration::from_secs(5)))
+        .expect("open the test store")
 }
 
 /// Who a packet comes from or goes to, as the rules see it.

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 fn open(ts: &TestStore) -> Box<dyn Store> {
     let url = format!("sqlite://{}", ts.path().join("store.db").display());
-    store::open(&url, Duration::from_secs(5)).expect("open the test store")
+    store::open(&store::StoreOptions::new(url, Duration::from_secs(5)))
+        .expect("open the test store")
 }
 
 /// Records endpoint `id` on `node` with address number `n` of each family,

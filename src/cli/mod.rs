@@ -77,7 +77,7 @@ pub fn run(config_path: Option<&Path>, command: Command) -> ExitCode {
     let result = (|| {
         let config = Config::load(config_path)?;
         init_logging(&config, false);
-        let store: Arc<dyn Store> = store::open(&config.datastore, config.store_timeout)?.into();
+        let store: Arc<dyn Store> = store::open(&config.store_options())?.into();
         match command {
             Command::Pool(cmd) => pool::run(store.as_ref(), cmd),
             Command::Ipam(cmd) => ipam::run(store.as_ref(), cmd),

@@ -475,12 +475,28 @@ async fn serve_kick(stream: UnixStream, shared: Arc<Shared>, tx: Triggers) {
 }
 
 /// Follows the store: endpoint intent changed by anyone re-enqueues it.
+/// Polls every [`STORE_POLL`], and at once when the store signals a change
+/// (etcd's watch: another node's change arrives within milliseconds).
 async fn watch_store(shared: Arc<Shared>, tx: Triggers, mut revision: store::Revision) {
     let store = shared.ctx.store.clone();
     let prefix = keys::endpoints_of(&shared.ctx.node);
     let mut tick = tokio::time::interval(STORE_POLL);
+    let mut signal = store.change_signal();
     loop {
-        tick.tick().await;
+        match signal.as_mut() {
+            Some(changes) => {
+                let closed = tokio::select! {
+                    _ = tick.tick() => false,
+                    changed = changes.changed() => changed.is_err(),
+                };
+                if closed {
+                    signal = None; // the store stopped signalling: poll only
+                }
+            }
+            None => {
+                tick.tick().await;
+            }
+        }
         let changes = match store.changes_since(revision) {
             Ok(changes) => changes,
             Err(StoreError::Compacted { .. }) => {

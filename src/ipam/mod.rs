@@ -131,3 +131,8 @@ pub(crate) fn with_retries<T>(
 
 #[cfg(test)]
 mod tests;
+// The same tests again, against etcd (the backend follows the module name).
+#[cfg(test)]
+#[path = "tests.rs"]
+#[allow(clippy::duplicate_mod)]
+mod tests_etcd;

@@ -71,7 +71,7 @@ pub fn answer(input: &[u8], config: impl FnOnce() -> Result<Config, String>) -> 
         Ok(config) => config,
         Err(message) => return Answer::error(message),
     };
-    let store = match store::open(&config.datastore, config.store_timeout) {
+    let store = match store::open(&config.store_options()) {
         Ok(store) => store,
         Err(e) => return Answer::error(e.to_string()),
     };

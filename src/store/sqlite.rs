@@ -6,24 +6,32 @@
 //! killed at any moment leaves the file consistent. Deletions leave
 //! tombstones so watchers can ask what changed since a revision; old
 //! tombstones are compacted away like etcd's history.
+//!
+//! Leases ([`Store::put_leased`]) are a `lease` table of expiry times:
+//! reads treat a leased key whose expiry passed as absent, and the next
+//! write transaction (any commit, `put_leased`, `revoke_lease`, or a
+//! `changes_since` that finds one) deletes it with a tombstone, so
+//! watchers see the deletion.
 
-use super::{keys, Change, Changes, Commit, KeyValue, Op, Revision, Store, StoreError, Txn};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use super::{
+    keys, Backend, Change, Changes, Commit, KeyValue, Op, Revision, Store, StoreError, Txn,
+};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// Schema version stored in `PRAGMA user_version`: 2 added the `lease`
+/// table (a version-1 file is upgraded in place on open).
+const SCHEMA_VERSION: i64 = 2;
 /// How many revisions of deletions are kept for watchers.
 const TOMBSTONE_HISTORY: Revision = 100_000;
 /// A WAL checkpoint runs when the revision is a multiple of this.
 const CHECKPOINT_EVERY: Revision = 16;
 /// Compaction runs when the revision is a multiple of this.
 const COMPACT_EVERY: Revision = 1024;
-const HINT: &str = "Ensure the file and its directory are readable and writable by the mesos-agent process or change CALICO_MESOS_DATASTORE.";
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -104,6 +112,11 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS tombstone (key TEXT NOT NULL, rev INTEGER NOT NULL);
              CREATE INDEX IF NOT EXISTS tombstone_rev ON tombstone(rev);
              CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS lease (
+                 key TEXT PRIMARY KEY,
+                 expires_ms INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS lease_expires ON lease(expires_ms);
              INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);",
         )
         .map_err(|e| self.err(e))?;
@@ -119,14 +132,138 @@ impl SqliteStore {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().expect("store mutex poisoned")
     }
+
+    /// Forget the deletions at or before `revision`: a later
+    /// `changes_since` from before it answers [`StoreError::Compacted`]
+    /// (what the periodic compaction does, on demand).
+    pub fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        compact_to(&tx, revision).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Run `write` in a write transaction at the next revision, after the
+    /// expired leased keys are deleted. `write` answers `None` to roll back
+    /// (a guard did not hold), or whether it changed a key: the revision is
+    /// taken only then (or when an expired key was deleted); other writes
+    /// (a lease renewal) are committed under the current revision.
+    fn write<T>(
+        &self,
+        write: impl FnOnce(&Transaction<'_>, Revision) -> rusqlite::Result<Option<(bool, T)>>,
+    ) -> Result<Option<(Revision, T)>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let current = meta(&tx, "revision").map_err(|e| self.err(e))?;
+        let revision = current + 1;
+        let purged = purge_expired(&tx, revision).map_err(|e| self.err(e))?;
+        // `None`: give up and roll back (a guard did not hold).
+        let Some((wrote, out)) = write(&tx, revision).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        if !wrote && purged == 0 {
+            tx.commit().map_err(|e| self.err(e))?;
+            return Ok(Some((current, out)));
+        }
+        tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'revision'")
+            .and_then(|mut s| s.execute([revision]))
+            .map_err(|e| self.err(e))?;
+        if revision % COMPACT_EVERY == 0 && revision > TOMBSTONE_HISTORY {
+            compact_to(&tx, revision - TOMBSTONE_HISTORY).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        if revision % CHECKPOINT_EVERY == 0 {
+            // With short-lived processes SQLite's auto-checkpoint copies pages
+            // back but the WAL is never restarted, so it grows without bound
+            // and every reader gets slower. TRUNCATE resets it (waiting for
+            // readers at most the busy timeout); a failure is harmless, the
+            // next checkpoint retries.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        }
+        Ok(Some((revision, out)))
+    }
 }
 
 fn unavailable(path: &Path, reason: String) -> StoreError {
     StoreError::Unavailable {
+        backend: Backend::Sqlite,
         location: format!("sqlite://{}", path.display()),
         reason,
-        hint: HINT,
     }
+}
+
+/// Unix time in milliseconds, the clock of lease expiry.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Delete the tombstones at or before `compacted` and remember it.
+fn compact_to(tx: &Transaction<'_>, compacted: Revision) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM tombstone WHERE rev <= ?1", [compacted])?;
+    tx.execute(
+        "UPDATE meta SET value = MAX(value, ?1) WHERE name = 'compacted'",
+        [compacted],
+    )?;
+    Ok(())
+}
+
+/// Delete every leased key whose lease expired, leaving tombstones at
+/// `revision`; answers how many keys went.
+fn purge_expired(tx: &Transaction<'_>, revision: Revision) -> rusqlite::Result<usize> {
+    let now = now_ms();
+    let expired: Vec<String> = tx
+        .prepare_cached("SELECT key FROM lease WHERE expires_ms <= ?1")?
+        .query_map([now], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut purged = 0;
+    for key in &expired {
+        tx.prepare_cached("DELETE FROM lease WHERE key = ?1")?
+            .execute([key])?;
+        purged += delete_key(tx, key, revision)?;
+    }
+    Ok(purged)
+}
+
+/// Delete `key` (and its lease) with a tombstone at `revision`; answers 1
+/// when it existed.
+fn delete_key(tx: &Transaction<'_>, key: &str, revision: Revision) -> rusqlite::Result<usize> {
+    tx.prepare_cached("DELETE FROM lease WHERE key = ?1")?
+        .execute([key])?;
+    let deleted = tx
+        .prepare_cached("DELETE FROM kv WHERE key = ?1")?
+        .execute([key])?;
+    if deleted > 0 {
+        tx.prepare_cached("INSERT INTO tombstone (key, rev) VALUES (?1, ?2)")?
+            .execute(params![key, revision])?;
+    }
+    Ok(deleted)
+}
+
+/// Create or replace `key` at `revision`.
+fn put_key(
+    tx: &Transaction<'_>,
+    key: &str,
+    value: &[u8],
+    revision: Revision,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value, mod_rev = excluded.mod_rev",
+    )?
+    .execute(params![key, value, revision])?;
+    Ok(())
+}
+
+/// The condition that hides leased keys whose lease expired; parameter
+/// `?{now}` is the current time ([`now_ms`]).
+fn live(now: usize) -> String {
+    format!("NOT EXISTS (SELECT 1 FROM lease l WHERE l.key = kv.key AND l.expires_ms <= ?{now})")
 }
 
 fn row_to_kv(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyValue> {
@@ -147,9 +284,12 @@ impl Store for SqliteStore {
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached("SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?1")
+            .prepare_cached(&format!(
+                "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?1 AND {}",
+                live(2)
+            ))
             .map_err(|e| self.err(e))?;
-        stmt.query_row([key], row_to_kv)
+        stmt.query_row(params![key, now_ms()], row_to_kv)
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -158,13 +298,15 @@ impl Store for SqliteStore {
         let conn = self.conn();
         let limit = limit.map_or(-1, |l| l as i64);
         let mut stmt = conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT key, value, create_rev, mod_rev FROM kv
-                 WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3",
-            )
+                 WHERE key >= ?1 AND key < ?2 AND {} ORDER BY key LIMIT ?3",
+                live(4)
+            ))
             .map_err(|e| self.err(e))?;
+        let end = keys::prefix_end(prefix);
         let rows = stmt
-            .query_map(params![prefix, keys::prefix_end(prefix), limit], row_to_kv)
+            .query_map(params![prefix, end, limit, now_ms()], row_to_kv)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
@@ -172,92 +314,51 @@ impl Store for SqliteStore {
     fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached("SELECT key FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key")
+            .prepare_cached(&format!(
+                "SELECT key FROM kv WHERE key >= ?1 AND key < ?2 AND {} ORDER BY key",
+                live(3)
+            ))
             .map_err(|e| self.err(e))?;
+        let end = keys::prefix_end(prefix);
         let rows = stmt
-            .query_map(params![prefix, keys::prefix_end(prefix)], |r| r.get(0))
+            .query_map(params![prefix, end, now_ms()], |r| r.get(0))
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     fn commit(&self, txn: &Txn) -> Result<Commit, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        {
-            let mut current = tx
-                .prepare_cached("SELECT mod_rev FROM kv WHERE key = ?1")
-                .map_err(|e| self.err(e))?;
-            for guard in &txn.compares {
-                let rev: Revision = current
-                    .query_row([&guard.key], |r| r.get(0))
-                    .optional()
-                    .map_err(|e| self.err(e))?
-                    .unwrap_or(0);
-                if rev != guard.mod_revision {
-                    return Ok(Commit::Conflict); // dropping `tx` rolls back
+        let done = self.write(|tx, revision| {
+            {
+                let mut current = tx.prepare_cached("SELECT mod_rev FROM kv WHERE key = ?1")?;
+                for guard in &txn.compares {
+                    let rev: Revision = current
+                        .query_row([&guard.key], |r| r.get(0))
+                        .optional()?
+                        .unwrap_or(0);
+                    if rev != guard.mod_revision {
+                        return Ok(None);
+                    }
                 }
             }
-        }
-        let revision = meta(&tx, "revision").map_err(|e| self.err(e))?;
-        if txn.is_empty() {
-            return Ok(Commit::Done(revision));
-        }
-        let revision = revision + 1;
-        {
-            let mut put = tx
-                .prepare_cached(
-                    "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?1, ?2, ?3, ?3)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value, mod_rev = excluded.mod_rev",
-                )
-                .map_err(|e| self.err(e))?;
-            let mut delete = tx
-                .prepare_cached("DELETE FROM kv WHERE key = ?1")
-                .map_err(|e| self.err(e))?;
-            let mut tombstone = tx
-                .prepare_cached("INSERT INTO tombstone (key, rev) VALUES (?1, ?2)")
-                .map_err(|e| self.err(e))?;
             for op in &txn.ops {
                 match op {
+                    // A plain put detaches the key from its lease, as in etcd.
                     Op::Put { key, value } => {
-                        put.execute(params![key, value, revision])
-                            .map_err(|e| self.err(e))?;
+                        tx.prepare_cached("DELETE FROM lease WHERE key = ?1")?
+                            .execute([key])?;
+                        put_key(tx, key, value, revision)?;
                     }
                     Op::Delete { key } => {
-                        if delete.execute([key]).map_err(|e| self.err(e))? > 0 {
-                            tombstone
-                                .execute(params![key, revision])
-                                .map_err(|e| self.err(e))?;
-                        }
+                        delete_key(tx, key, revision)?;
                     }
                 }
             }
-        }
-        tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'revision'")
-            .and_then(|mut s| s.execute([revision]))
-            .map_err(|e| self.err(e))?;
-        if revision % COMPACT_EVERY == 0 && revision > TOMBSTONE_HISTORY {
-            let compacted = revision - TOMBSTONE_HISTORY;
-            tx.execute("DELETE FROM tombstone WHERE rev <= ?1", [compacted])
-                .and_then(|_| {
-                    tx.execute(
-                        "UPDATE meta SET value = ?1 WHERE name = 'compacted'",
-                        [compacted],
-                    )
-                })
-                .map_err(|e| self.err(e))?;
-        }
-        tx.commit().map_err(|e| self.err(e))?;
-        if revision % CHECKPOINT_EVERY == 0 {
-            // With short-lived processes SQLite's auto-checkpoint copies pages
-            // back but the WAL is never restarted, so it grows without bound
-            // and every reader gets slower. TRUNCATE resets it (waiting for
-            // readers at most the busy timeout); a failure is harmless, the
-            // next checkpoint retries.
-            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        }
-        Ok(Commit::Done(revision))
+            Ok(Some((!txn.is_empty(), ())))
+        })?;
+        Ok(match done {
+            Some((revision, ())) => Commit::Done(revision),
+            None => Commit::Conflict,
+        })
     }
 
     fn revision(&self) -> Result<Revision, StoreError> {
@@ -265,6 +366,15 @@ impl Store for SqliteStore {
     }
 
     fn changes_since(&self, since: Revision) -> Result<Changes, StoreError> {
+        // Expired leased keys are deleted first, so the answer shows them gone.
+        let expired = self
+            .conn()
+            .prepare_cached("SELECT 1 FROM lease WHERE expires_ms <= ?1 LIMIT 1")
+            .and_then(|mut s| s.exists([now_ms()]))
+            .map_err(|e| self.err(e))?;
+        if expired {
+            self.write(|_, _| Ok(Some((false, ()))))?;
+        }
         let mut conn = self.conn();
         // A read transaction gives one consistent snapshot of all three tables.
         let tx = conn.transaction().map_err(|e| self.err(e))?;
@@ -313,5 +423,34 @@ impl Store for SqliteStore {
 
     fn location(&self) -> String {
         format!("sqlite://{}", self.path.display())
+    }
+
+    fn put_leased(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let expires = now_ms().saturating_add(ttl.as_millis() as i64);
+        self.write(|tx, revision| {
+            let current: Option<Vec<u8>> = tx
+                .prepare_cached(
+                    "SELECT value FROM kv WHERE key = ?1
+                     AND EXISTS (SELECT 1 FROM lease l WHERE l.key = kv.key)",
+                )?
+                .query_row([key], |r| r.get(0))
+                .optional()?;
+            tx.prepare_cached(
+                "INSERT INTO lease (key, expires_ms) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET expires_ms = excluded.expires_ms",
+            )?
+            .execute(params![key, expires])?;
+            if current.as_deref() == Some(value) {
+                return Ok(Some((false, ()))); // a renewal: no new revision
+            }
+            put_key(tx, key, value, revision)?;
+            Ok(Some((true, ())))
+        })?;
+        Ok(())
+    }
+
+    fn revoke_lease(&self, key: &str) -> Result<(), StoreError> {
+        self.write(|tx, revision| Ok(Some((delete_key(tx, key, revision)? > 0, ()))))?;
+        Ok(())
     }
 }

@@ -21,6 +21,7 @@
 
 mod cmd;
 mod container;
+pub mod etcd;
 mod fabric;
 mod netns;
 mod node;
