@@ -54,6 +54,10 @@ pub struct Config {
     pub node_addresses: Option<Vec<IpAddr>>,
     /// Whether netgroup policy is enforced (our nftables table) or not.
     pub policy: PolicyMode,
+    /// Whether the daemon routes other nodes' blocks via their fabric
+    /// addresses (`fabric_routes: on`, the default) or leaves routing
+    /// between nodes to something else, e.g. BGP on an L3 fabric (`off`).
+    pub fabric_routes: bool,
 }
 
 /// The `policy` key: `enforce` (the default) or `disabled`.
@@ -81,6 +85,7 @@ struct FileConfig {
     orphan_grace: Option<String>,
     node_addresses: Option<AddressList>,
     policy: Option<String>,
+    fabric_routes: Option<String>,
     etcd_ca_cert_file: Option<String>,
     etcd_cert_file: Option<String>,
     etcd_key_file: Option<String>,
@@ -212,6 +217,7 @@ impl Config {
                 "RESYNC_INTERVAL" => &mut file.resync_interval,
                 "ORPHAN_GRACE" => &mut file.orphan_grace,
                 "POLICY" => &mut file.policy,
+                "FABRIC_ROUTES" => &mut file.fabric_routes,
                 "ETCD_CA_CERT_FILE" => &mut file.etcd_ca_cert_file,
                 "ETCD_CERT_FILE" => &mut file.etcd_cert_file,
                 "ETCD_KEY_FILE" => &mut file.etcd_key_file,
@@ -298,6 +304,16 @@ impl Config {
                     return Err(ConfigError::BadValue {
                         key: "policy",
                         message: format!("'{other}': use enforce or disabled"),
+                    })
+                }
+            },
+            fabric_routes: match file.fabric_routes.as_deref() {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => {
+                    return Err(ConfigError::BadValue {
+                        key: "fabric_routes",
+                        message: format!("'{other}': use on or off"),
                     })
                 }
             },
@@ -576,6 +592,19 @@ mod tests {
         );
         let err = load(None, &env("off")).unwrap_err().to_string();
         assert!(err.contains("policy") && err.contains("'off'"), "{err}");
+    }
+
+    #[test]
+    fn fabric_routes_are_on_unless_turned_off() {
+        let base = BTreeMap::from([("CALICO_MESOS_NODENAME".to_string(), "n".to_string())]);
+        let load = |text: &str| Config::from_parts(Some(text), Path::new("/x"), &base);
+        assert!(load("").unwrap().fabric_routes);
+        assert!(!load("fabric_routes: off\n").unwrap().fabric_routes);
+        let err = load("fabric_routes: maybe\n").unwrap_err().to_string();
+        assert!(
+            err.contains("fabric_routes") && err.contains("'maybe'"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod controller;
 pub mod endpoint;
 pub mod ipam;
+pub mod node;
 pub mod plugin;
 pub mod policy;
 pub mod store;

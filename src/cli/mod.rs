@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod ipam;
+pub mod node;
 pub mod plugin;
 pub mod pool;
 pub mod profile;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Inspect IP address management.
     #[command(subcommand)]
     Ipam(ipam::IpamCommand),
+    /// The cluster's nodes: list them, remove one that is gone.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Inspect policy profiles (netgroup, public, host).
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
@@ -82,6 +86,7 @@ pub fn run(config_path: Option<&Path>, command: Command) -> ExitCode {
             Command::Pool(cmd) => pool::run(store.as_ref(), cmd),
             Command::Ipam(cmd) => ipam::run(store.as_ref(), cmd),
             Command::Profile(cmd) => profile::run(store.as_ref(), cmd),
+            Command::Node(cmd) => node::run(store.as_ref(), cmd),
             Command::Store(StoreCommand::Dump) => dump(store.as_ref()),
             Command::Daemon => daemon::run(&config, store),
             Command::Reconcile { dry_run } => reconcile::run(&config, store, dry_run),

@@ -6,6 +6,7 @@ use calico_mesos::controller::lock::NodeLock;
 use calico_mesos::controller::loop_status::{self, LoopStatus};
 use calico_mesos::controller::reconcile::{full_pass, NodeContext, Outcome, Pass};
 use calico_mesos::endpoint;
+use calico_mesos::node;
 use calico_mesos::store::Store;
 use std::sync::Arc;
 
@@ -28,6 +29,9 @@ pub fn run(config: &Config, store: Arc<dyn Store>, dry_run: bool) -> anyhow::Res
         .build()?;
     let pass = runtime.block_on(async {
         let ctx = NodeContext::open(config, store.clone()).await?;
+        if !dry_run {
+            node::register(store.as_ref(), &config.nodename, &ctx.node_addresses)?;
+        }
         full_pass(&ctx, dry_run, CONCURRENCY).await
     })?;
     print!("{}", summary(&pass, dry_run));
@@ -48,6 +52,9 @@ pub fn run(config: &Config, store: Arc<dyn Store>, dry_run: bool) -> anyhow::Res
     drop(lock);
     if let Err(message) = &pass.policy {
         anyhow::bail!("the node's policy could not be applied: {message}");
+    }
+    if let Err(message) = &pass.fabric {
+        anyhow::bail!("the routes to other nodes could not be applied: {message}");
     }
     match pass.failed() {
         0 => Ok(()),
@@ -118,12 +125,21 @@ fn summary(pass: &Pass, dry_run: bool) -> String {
         }
         Err(message) => out.push_str(&format!("policy: FAILED ({message})\n")),
     }
+    match &pass.fabric {
+        Ok(actions) => {
+            for a in actions {
+                out.push_str(&format!("route: {a}\n"));
+            }
+        }
+        Err(message) => out.push_str(&format!("routes: FAILED ({message})\n")),
+    }
     let what = if dry_run { "would change" } else { "changed" };
     out.push_str(&format!(
-        "{} endpoint(s): {ready} ready ({changed} {what}), {removed} removed, {orphaned} orphaned, {failed} failed; {} stray link(s) or route(s); {} policy change(s)\n",
+        "{} endpoint(s): {ready} ready ({changed} {what}), {removed} removed, {orphaned} orphaned, {failed} failed; {} stray link(s) or route(s); {} policy change(s); {} route(s) to other nodes changed\n",
         pass.outcomes.len(),
         pass.strays.len(),
-        pass.policy.as_ref().map_or(0, Vec::len)
+        pass.policy.as_ref().map_or(0, Vec::len),
+        pass.fabric.as_ref().map_or(0, Vec::len)
     ));
     out
 }

@@ -17,6 +17,7 @@ use super::reconcile::{
 use super::runner::{self, Trigger};
 use crate::config::Config;
 use crate::endpoint::{self, Endpoint, NetnsId};
+use crate::node;
 use crate::store::{self, keys, Change, Store, StoreError};
 use anyhow::Context as _;
 use reconcilers::endpoint::Action;
@@ -57,6 +58,8 @@ enum Work {
     Endpoint(String),
     /// The node's nftables policy.
     Policy,
+    /// The node's routes to other nodes' blocks.
+    Fabric,
 }
 
 type Triggers = mpsc::Sender<Trigger<Work>>;
@@ -73,6 +76,9 @@ struct Shared {
     fresh: Freshness,
     /// Resyncs so far.
     resyncs: std::sync::atomic::AtomicU64,
+    /// Node affinity of every block seen in store changes, so that only a
+    /// new or moved block (not an allocation) re-runs the fabric routes.
+    block_affinity: Mutex<HashMap<String, String>>,
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -105,6 +111,7 @@ pub async fn run(
         started_ms: endpoint::now_ms(),
         fresh: Freshness::default(),
         resyncs: Default::default(),
+        block_affinity: Mutex::new(HashMap::new()),
     });
     let runner = tokio::spawn(runner::run(rx, CONCURRENCY, {
         let shared = shared.clone();
@@ -114,12 +121,16 @@ pub async fn run(
                 match work {
                     Work::Endpoint(cid) => shared.reconcile(cid).await,
                     Work::Policy => shared.reconcile_policy().await,
+                    Work::Fabric => shared.reconcile_fabric().await,
                 }
             }
         }
     }));
 
     let mut tasks = JoinSet::new();
+    node::register(store.as_ref(), &config.nodename, &shared.ctx.node_addresses)?;
+    let liveness = node::Liveness::of_this_process();
+    node::renew(store.as_ref(), &config.nodename, &liveness)?;
     loop_status::put(
         store.as_ref(),
         &config.nodename,
@@ -138,6 +149,7 @@ pub async fn run(
     tasks.spawn(accept(listener, shared.clone(), tx.clone()));
     tasks.spawn(watch_store(shared.clone(), tx.clone(), revision));
     tasks.spawn(watch_node(shared.clone(), tx.clone()));
+    tasks.spawn(keep_alive(shared.clone(), liveness));
     if shared.ctx.policy.is_some() {
         tasks.spawn(watch_nftables(shared.clone(), tx.clone()));
     }
@@ -162,6 +174,9 @@ pub async fn run(
     }
     if tokio::time::timeout(STOP_TIMEOUT, runner).await.is_err() {
         tracing::warn!("reconciles still running after {STOP_TIMEOUT:?}; stopping anyway");
+    }
+    if let Err(e) = node::sign_off(store.as_ref(), &config.nodename) {
+        tracing::warn!(error = %e, "cannot sign the node off; it shows as up until its lease expires");
     }
     let _ = std::fs::remove_file(&socket);
     drop(lock);
@@ -251,6 +266,18 @@ impl Shared {
         if !actions.is_empty() {
             let list: Vec<String> = actions.iter().map(ToString::to_string).collect();
             tracing::info!(actions = %list.join("; "), "policy reconciled");
+        }
+        Ok(())
+    }
+
+    /// One run of the node's fabric routes: made to match the store.
+    async fn reconcile_fabric(self: Arc<Self>) -> Result<(), String> {
+        let actions = super::fabric::reconcile_fabric(&self.ctx, false)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        if !actions.is_empty() {
+            let list: Vec<String> = actions.iter().map(ToString::to_string).collect();
+            tracing::info!(actions = %list.join("; "), "routes to other nodes reconciled");
         }
         Ok(())
     }
@@ -370,6 +397,7 @@ impl Shared {
         } else {
             self.trigger_work(Work::Policy, Duration::ZERO);
         }
+        self.trigger_work(Work::Fabric, Duration::ZERO);
         let mut finished = Vec::with_capacity(stale.len());
         for ep in stale {
             let (done, rx) = oneshot::channel();
@@ -474,6 +502,20 @@ async fn serve_kick(stream: UnixStream, shared: Arc<Shared>, tx: Triggers) {
     let _ = write.write_all(answer.as_bytes()).await;
 }
 
+/// Renews the node's liveness lease while the daemon runs. A renewal the
+/// store refuses (an outage) is retried at the next tick; the dataplane is
+/// never touched for lack of the store.
+async fn keep_alive(shared: Arc<Shared>, liveness: node::Liveness) {
+    let mut tick = tokio::time::interval(node::RENEW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = node::renew(shared.ctx.store.as_ref(), &shared.ctx.node, &liveness) {
+            tracing::warn!(error = %e, "cannot renew the node's liveness; will retry");
+        }
+    }
+}
+
 /// Follows the store: endpoint intent changed by anyone re-enqueues it.
 /// Polls every [`STORE_POLL`], and at once when the store signals a change
 /// (etcd's watch: another node's change arrives within milliseconds).
@@ -520,12 +562,20 @@ async fn watch_store(shared: Arc<Shared>, tx: Triggers, mut revision: store::Rev
         };
         revision = changes.revision;
         let mut policy_changed = false;
+        let mut fabric_changed = false;
         // This node's own endpoints bring the policy up to date in their
         // own reconcile (matched above, before this guard).
         let affects_policy = |key: &str| {
             key.starts_with(keys::PROFILES)
                 || (key.starts_with(keys::ENDPOINTS) && !key.starts_with(&prefix))
         };
+        for change in &changes.changes {
+            let (key, value) = match change {
+                Change::Put(kv) => (&kv.key, Some(kv)),
+                Change::Delete { key, .. } => (key, None),
+            };
+            fabric_changed |= affects_fabric(&shared, key, value);
+        }
         for change in changes.changes {
             match change {
                 Change::Put(kv) if kv.key.starts_with(&prefix) => {
@@ -555,10 +605,38 @@ async fn watch_store(shared: Arc<Shared>, tx: Triggers, mut revision: store::Rev
                 _ => {}
             }
         }
+        if fabric_changed && shared.ctx.fabric.is_some() {
+            let _ = tx.send(Trigger::now(Work::Fabric)).await;
+        }
         if policy_changed && shared.ctx.policy.is_some() {
             let _ = tx.send(Trigger::now(Work::Policy)).await;
         }
     }
+}
+
+/// Whether a store change may move this node's routes to other nodes: a
+/// node's record, another node's endpoint (its address may be borrowed),
+/// or a block whose node affinity is new or changed (allocations inside a
+/// block do not move routes).
+fn affects_fabric(shared: &Shared, key: &str, value: Option<&store::KeyValue>) -> bool {
+    if key.starts_with(keys::NODES) {
+        return true;
+    }
+    if key.starts_with(keys::ENDPOINTS) {
+        return !key.starts_with(&keys::endpoints_of(&shared.ctx.node));
+    }
+    if !key.starts_with(keys::BLOCKS) {
+        return false;
+    }
+    let affinity = value
+        .and_then(|kv| store::decode::<crate::ipam::Block>(kv).ok())
+        .and_then(|b| b.affinity);
+    let mut known = shared.block_affinity.lock().expect("block affinity lock");
+    let before = match &affinity {
+        Some(node) => known.insert(key.to_string(), node.clone()),
+        None => known.remove(key),
+    };
+    before != affinity
 }
 
 /// Follows nftables commits in the node namespace: one made by anyone but
@@ -621,6 +699,20 @@ async fn watch_node(shared: Arc<Shared>, tx: Triggers) {
         if let KernelEvent::Overrun = event {
             tracing::warn!("kernel events were lost; every endpoint will be re-checked");
             shared.fresh.touch_all();
+            shared.trigger_work(Work::Fabric, EVENT_DELAY);
+            continue;
+        }
+        // A route of ours that no endpoint owns may be a fabric route (our
+        // own changes echo here too: the extra run finds nothing to do).
+        if let (
+            KernelEvent::Route {
+                protocol: reconcilers::ROUTE_PROTOCOL,
+                ..
+            },
+            None,
+        ) = (&event, &owner)
+        {
+            shared.trigger_work(Work::Fabric, EVENT_DELAY);
             continue;
         }
         if let Some(cid) = owner {

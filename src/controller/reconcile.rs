@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use reconcilers::endpoint::{
     host_ifname, Action, EndpointDataplane, EndpointError, EndpointSpec, Inventory,
 };
+use reconcilers::fabric::{FabricAction, FabricDataplane};
 use reconcilers::policy::{PolicyAction, PolicyDataplane};
 use reconcilers::NetnsRef;
 use std::net::IpAddr;
@@ -39,6 +40,11 @@ pub struct NodeContext {
     pub orphan_grace: Duration,
     /// Runs of the node's policy, coalesced.
     policy_runs: Coalesced,
+    /// The fabric reconciler (routes to other nodes' blocks); `None` when
+    /// fabric routes are turned off.
+    pub fabric: Option<FabricDataplane>,
+    /// Runs of the node's fabric routes, coalesced.
+    pub(super) fabric_runs: Coalesced,
 }
 
 impl NodeContext {
@@ -70,6 +76,16 @@ impl NodeContext {
             node_addresses,
             orphan_grace: config.orphan_grace,
             policy_runs: Coalesced::default(),
+            fabric: if config.fabric_routes {
+                Some(FabricDataplane::new()?)
+            } else {
+                let removed = FabricDataplane::new()?.remove_all().await?;
+                if !removed.is_empty() {
+                    tracing::info!(routes = removed.len(), "fabric routes off: removed ours");
+                }
+                None
+            },
+            fabric_runs: Coalesced::default(),
         })
     }
 }
@@ -480,6 +496,8 @@ pub struct Pass {
     pub strays: Vec<Action>,
     /// What the node's policy needed (or the error).
     pub policy: Result<Vec<PolicyAction>, String>,
+    /// What the node's routes to other nodes needed (or the error).
+    pub fabric: Result<Vec<FabricAction>, String>,
 }
 
 impl Pass {
@@ -521,9 +539,13 @@ pub async fn full_pass(
         .buffer_unordered(concurrency.max(1))
         .collect::<Vec<_>>()
         .await;
+    let fabric = super::fabric::reconcile_fabric(ctx, dry_run)
+        .await
+        .map_err(|e| format!("{e:#}"));
     Ok(Pass {
         outcomes,
         strays,
         policy,
+        fabric,
     })
 }

@@ -23,6 +23,8 @@ pub(super) struct Draft<'a> {
     handles: BTreeMap<String, Entry<Handle>>,
     guards: Vec<(String, Revision)>,
     new_pools: Vec<IpPool>,
+    /// Free-block index keys of blocks removed in this draft.
+    removed_index: Vec<String>,
 }
 
 impl<'a> Draft<'a> {
@@ -33,6 +35,7 @@ impl<'a> Draft<'a> {
             handles: BTreeMap::new(),
             guards: Vec::new(),
             new_pools: Vec::new(),
+            removed_index: Vec::new(),
         }
     }
 
@@ -89,6 +92,19 @@ impl<'a> Draft<'a> {
     pub(super) fn touch_block(&mut self, key: &str) {
         if let Some(entry) = self.blocks.get_mut(key) {
             entry.dirty = true;
+        }
+    }
+
+    /// Delete the block at `key` (read through [`Draft::block`] first) and
+    /// its free-block index entry.
+    pub(super) fn remove_block(&mut self, key: &str) {
+        if let Some(entry) = self.blocks.get_mut(key) {
+            if let Some(block) = entry.value.take() {
+                if let Some(node) = &block.affinity {
+                    self.removed_index.push(keys::free_block(node, &block.cidr));
+                }
+                entry.dirty = true;
+            }
         }
     }
 
@@ -165,9 +181,15 @@ impl<'a> Draft<'a> {
         for pool in &self.new_pools {
             txn.put_json(keys::pool(&pool.cidr), pool);
         }
+        for index in self.removed_index {
+            txn.delete(index);
+        }
         for (key, entry) in self.blocks {
             txn.compare(key.clone(), entry.revision);
             let (true, Some(block)) = (entry.dirty, entry.value) else {
+                if entry.dirty && entry.revision != 0 {
+                    txn.delete(key); // removed by `remove_block`
+                }
                 continue;
             };
             if let Some(node) = &block.affinity {

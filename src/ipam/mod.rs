@@ -14,6 +14,7 @@ mod draft;
 mod pool;
 mod pools;
 mod report;
+mod retire;
 
 pub use assign::{
     allocate, holders, release_addresses, release_handle, release_held, reserve, Assigned, Request,
@@ -22,6 +23,7 @@ pub use block::Block;
 pub use pool::{IpPool, DEFAULT_V4_BLOCK_SIZE, DEFAULT_V6_BLOCK_SIZE};
 pub use pools::{add_pool, list_pools, remove_pool, DEFAULT_POOLS};
 pub use report::{usage, BlockUsage, PoolUsage, Usage};
+pub use retire::{retire_node_blocks, Retired};
 
 use crate::store::StoreError;
 use serde::{Deserialize, Serialize};

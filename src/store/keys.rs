@@ -22,6 +22,8 @@ pub const ENDPOINTS: &str = "endpoint/";
 pub const PROFILES: &str = "profile/";
 /// Prefix of nodes: `node/<name>`.
 pub const NODES: &str = "node/";
+/// Prefix of node liveness keys (`alive/<node>`), kept by a lease.
+pub const ALIVE: &str = "alive/";
 /// Prefix of each node's reconcile-loop status (`loop/<node>`).
 pub const LOOPS: &str = "loop/";
 
@@ -106,6 +108,11 @@ pub fn profile(name: &str) -> String {
 /// Key of a node.
 pub fn node(name: &str) -> String {
     format!("{NODES}{}", escape(name))
+}
+
+/// Key of a node's liveness, present while its daemon renews its lease.
+pub fn alive(name: &str) -> String {
+    format!("{ALIVE}{}", escape(name))
 }
 
 /// The exclusive upper bound of a prefix range (`prefix` with its last byte

@@ -228,6 +228,28 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Wraps a spawned daemon process and the file its stderr goes to.
+    pub fn new(child: Child, log: std::path::PathBuf) -> Daemon {
+        Daemon { child, log }
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the daemon (e.g. SIGSTOP to freeze it).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our
+        // own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// The exit status when the process has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGTERM, then a bounded wait; true when it exited with status 0.
     pub fn stop(mut self) -> bool {
         // SAFETY: kill has no memory-safety preconditions; the pid is our child's.

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod cluster;
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
