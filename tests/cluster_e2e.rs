@@ -88,9 +88,18 @@ fn containers_on_different_nodes_in_one_netgroup_reach_each_other() {
         cluster.finish(x, c);
     }
     // Node 3 goes away for good: its daemon stops and an operator removes it.
+    let (ok, _, err) = cluster.cli(1, &["node", "remove", "node-3"]);
+    assert!(
+        !ok && err.contains("node 'node-3' is up"),
+        "removing a live node was not refused: {err}"
+    );
     let mut daemons = daemons;
     let third = daemons.pop().unwrap();
     assert!(third.stop(), "node 3's daemon did not stop cleanly");
+    let (ok, list, err) = cluster.cli(1, &["node", "list"]);
+    assert!(ok, "{err}");
+    let line = list.lines().find(|l| l.starts_with("node-3")).unwrap();
+    assert!(line.contains("down"), "a stopped node is not shown down: {list}");
     let (ok, out, err) = cluster.cli(1, &["node", "remove", "node-3"]);
     assert!(ok, "node remove: {err}");
     assert!(out.contains("removed node node-3"), "{out}");
