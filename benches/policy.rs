@@ -7,7 +7,9 @@
 //!   endpoints in 100 netgroups, in a throwaway network namespace: an
 //!   endpoint added, an endpoint removed, a remote member joining a
 //!   netgroup; split into the in-process part (render + plan) and the
-//!   whole `ensure` (with the `nft` transaction).
+//!   whole `ensure` (with the nftables transaction); and reading the table
+//!   back. Each through both backends in the same run: an `nft` process
+//!   per call, and one persistent libnftables context.
 //!
 //! Runs as root, in a test namespace only (TESTING.md). `cargo bench --bench
 //! policy`; `cargo test --benches` runs a quick version. Numbers are
@@ -15,7 +17,8 @@
 //! dataplane benchmark.)
 
 use reconcilers::policy::{
-    render, EndpointPolicy, Members, PolicyDataplane, PolicySpec, ProfileRules, Rule,
+    render, EndpointPolicy, LibNft, Members, NftBackend, NftOptions, PolicyDataplane, PolicySpec,
+    ProfileRules, Rule, NFT_TIMEOUT,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
@@ -101,21 +104,30 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-/// Applies `change(i)` then its undo, `rounds` times; returns the medians
-/// of (whole ensure, in-process render + plan).
+/// Medians of one change, in ms.
+struct Timed {
+    /// The whole `ensure` making the change.
+    change: Duration,
+    /// The whole `ensure` undoing it.
+    undo: Duration,
+    /// The in-process part (render + plan), both directions.
+    planning: Duration,
+}
+
+/// Applies `change(i)` then its undo, `rounds` times.
 fn timed_changes(
     dataplane: &PolicyDataplane,
     rt: &tokio::runtime::Runtime,
     base: &PolicySpec,
     rounds: usize,
     change: impl Fn(&mut PolicySpec, usize),
-) -> (Duration, Duration) {
-    let (mut whole, mut planning) = (Vec::new(), Vec::new());
+) -> Timed {
+    let (mut there, mut back, mut planning) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..rounds {
         let mut changed = base.clone();
         change(&mut changed, i);
-        for target in [&changed, base] {
-            // A dry run plans against the cache without running nft.
+        for (target, whole) in [(&changed, &mut there), (base, &mut back)] {
+            // A dry run plans against the cache without touching nftables.
             let start = Instant::now();
             let planned = rt.block_on(dataplane.ensure(target, true)).unwrap();
             planning.push(start.elapsed());
@@ -125,7 +137,11 @@ fn timed_changes(
             whole.push(start.elapsed());
         }
     }
-    (median(&whole), median(&planning))
+    Timed {
+        change: median(&there),
+        undo: median(&back),
+        planning: median(&planning),
+    }
 }
 
 fn main() {
@@ -166,61 +182,97 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    ns.run(|| {
-        let dataplane = PolicyDataplane::new();
-        let base = spec(n, groups, 0);
-        let start = Instant::now();
-        rt.block_on(dataplane.ensure(&base, false)).unwrap();
+    for backend in ["nft process", "libnftables"] {
+        ns.run(|| {
+            let dataplane = PolicyDataplane::with_backend(match backend {
+                "libnftables" => NftBackend::Library(
+                    LibNft::open(reconcilers::policy::LIBNFTABLES, NFT_TIMEOUT)
+                        .expect("libnftables loads (package libnftables1)"),
+                ),
+                _ => NftBackend::open(&NftOptions::process("nft")),
+            });
+            changes(&dataplane, backend, &rt, n, groups, rounds);
+        });
+    }
+}
+
+/// The timed part, through one backend.
+fn changes(
+    dataplane: &PolicyDataplane,
+    backend: &str,
+    rt: &tokio::runtime::Runtime,
+    n: usize,
+    groups: usize,
+    rounds: usize,
+) {
+    let base = spec(n, groups, 0);
+    let start = Instant::now();
+    rt.block_on(dataplane.ensure(&base, false)).unwrap();
+    println!(
+        "| {backend}: full create of the table, {n} endpoints in {groups} netgroups | {} | — |",
+        ms(start.elapsed())
+    );
+    let reads: Vec<Duration> = (0..rounds.min(7))
+        .map(|_| {
+            let start = Instant::now();
+            assert!(rt.block_on(dataplane.observe()).unwrap().is_some());
+            start.elapsed()
+        })
+        .collect();
+    println!(
+        "| {backend}: read the table back (list + parse), median | {} | — |",
+        ms(median(&reads))
+    );
+    let cases: [(&str, Box<Change<'_>>); 3] = [
+        (
+            "an endpoint added / removed again",
+            Box::new(|s: &mut PolicySpec, i| {
+                let e = n + i;
+                let g = format!("g{}", i % groups);
+                let m = s.netgroups.get_mut(&g).unwrap();
+                m.ipv4.insert(v4(e));
+                m.ipv6.insert(v6(e));
+                s.endpoints.insert(
+                    ifname(e),
+                    EndpointPolicy {
+                        ipv4: vec![v4(e)],
+                        ipv6: vec![v6(e)],
+                        profiles: vec![HOST.into(), g],
+                    },
+                );
+            }),
+        ),
+        (
+            "an endpoint removed / back again",
+            Box::new(|s: &mut PolicySpec, i| {
+                let e = (i * 37) % n;
+                s.endpoints.remove(&ifname(e));
+                for m in s.netgroups.values_mut() {
+                    m.ipv4.remove(&v4(e));
+                    m.ipv6.remove(&v6(e));
+                }
+            }),
+        ),
+        (
+            "a member on another node joins a netgroup / leaves",
+            Box::new(|s: &mut PolicySpec, i| {
+                let g = format!("g{}", i % groups);
+                s.netgroups
+                    .get_mut(&g)
+                    .unwrap()
+                    .ipv4
+                    .insert(v4(200_000 + i));
+            }),
+        ),
+    ];
+    for (what, change) in cases {
+        let t = timed_changes(dataplane, rt, &base, rounds, change);
         println!(
-            "| full create of the table, {n} endpoints in {groups} netgroups | {} | — |",
-            ms(start.elapsed())
+            "| {backend}: one change at {n} endpoints in {groups} netgroups: {what}, medians (render + plan in process) | {} / {} ({}) | ≤ 5 ms |",
+            ms(t.change),
+            ms(t.undo),
+            ms(t.planning)
         );
-        let cases: [(&str, Box<Change<'_>>); 3] = [
-            (
-                "an endpoint added (then removed)",
-                Box::new(|s: &mut PolicySpec, i| {
-                    let e = n + i;
-                    let g = format!("g{}", i % groups);
-                    let m = s.netgroups.get_mut(&g).unwrap();
-                    m.ipv4.insert(v4(e));
-                    m.ipv6.insert(v6(e));
-                    s.endpoints.insert(
-                        ifname(e),
-                        EndpointPolicy {
-                            ipv4: vec![v4(e)],
-                            ipv6: vec![v6(e)],
-                            profiles: vec![HOST.into(), g],
-                        },
-                    );
-                }),
-            ),
-            (
-                "an endpoint removed (then back)",
-                Box::new(|s: &mut PolicySpec, i| {
-                    let e = (i * 37) % n;
-                    s.endpoints.remove(&ifname(e));
-                    for m in s.netgroups.values_mut() {
-                        m.ipv4.remove(&v4(e));
-                        m.ipv6.remove(&v6(e));
-                    }
-                }),
-            ),
-            (
-                "a member on another node joins a netgroup (then leaves)",
-                Box::new(|s: &mut PolicySpec, i| {
-                    let g = format!("g{}", i % groups);
-                    s.netgroups.get_mut(&g).unwrap().ipv4.insert(v4(200_000 + i));
-                }),
-            ),
-        ];
-        for (what, change) in cases {
-            let (whole, planning) = timed_changes(&dataplane, &rt, &base, rounds, change);
-            println!(
-                "| apply one change at {n} endpoints in {groups} netgroups: {what}, median (render + plan in process) | {} ({}) | ≤ 5 ms |",
-                ms(whole),
-                ms(planning)
-            );
-        }
-        rt.block_on(dataplane.remove()).unwrap();
-    });
+    }
+    rt.block_on(dataplane.remove()).unwrap();
 }

@@ -8,8 +8,9 @@
 use reconcilers::endpoint::{host_ifname, EndpointDataplane, EndpointSpec};
 use reconcilers::policy::{
     ep_in_chain, ep_out_chain, parse_listing, plan, profile_list_id, render, to_nft,
-    EndpointPolicy, MapTarget, Members, NftEvent, NftEvents, PolicyAction, PolicyDataplane,
-    PolicySpec, ProfileRules, Rule, FROM_EP_MAP, TO_EP_MAP,
+    EndpointPolicy, LibNft, MapTarget, Members, NftBackend, NftBackendKind, NftEvent, NftEvents,
+    NftOptions, PolicyAction, PolicyDataplane, PolicySpec, ProfileRules, Rule, FROM_EP_MAP,
+    LIBNFTABLES, NFT_TIMEOUT, TO_EP_MAP,
 };
 use reconcilers::NetnsRef;
 use std::collections::BTreeMap;
@@ -28,13 +29,21 @@ struct Harness {
 }
 
 impl Harness {
+    /// With the default backend (libnftables, which CI has).
     fn new(tag: &str, x: u8) -> Harness {
+        Harness::with(tag, x, Backend::Library)
+    }
+
+    fn with(tag: &str, x: u8, backend: Backend) -> Harness {
         let node = Node::new(tag, x);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let dp = node.ns.run(PolicyDataplane::new);
+        let dp = node
+            .ns
+            .run(|| PolicyDataplane::with_backend(backend.open()));
+        assert_eq!(dp.backend_kind(), backend.kind());
         Harness { dp, rt, node }
     }
 
@@ -59,6 +68,35 @@ impl Harness {
         let mut cmd = self.node.ns.command("nft");
         cmd.args(args);
         run_ok(&mut cmd).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// Which nftables backend a test uses.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    /// libnftables; it must load (the nftables package brings it).
+    Library,
+    /// An `nft` process per call.
+    Process,
+}
+
+impl Backend {
+    /// Opens it in the calling thread's namespace.
+    fn open(self) -> NftBackend {
+        match self {
+            Backend::Library => NftBackend::Library(
+                LibNft::open(LIBNFTABLES, NFT_TIMEOUT)
+                    .unwrap_or_else(|e| panic!("{e}: is libnftables1 installed?")),
+            ),
+            Backend::Process => NftBackend::open(&NftOptions::process("nft")),
+        }
+    }
+
+    fn kind(self) -> NftBackendKind {
+        match self {
+            Backend::Library => NftBackendKind::Library,
+            Backend::Process => NftBackendKind::Process,
+        }
     }
 }
 
@@ -402,10 +440,19 @@ async fn wait_commit(events: &mut NftEvents, pick: impl Fn(u32) -> bool) -> u32 
 
 #[test]
 fn drift_is_seen_as_someone_elses_commit_and_repaired() {
-    if !require_root() {
-        return;
+    if require_root() {
+        drift(Harness::with("poldrift", 3, Backend::Library));
     }
-    let h = Harness::new("poldrift", 3);
+}
+
+#[test]
+fn drift_is_seen_and_repaired_with_nft_processes_too() {
+    if require_root() {
+        drift(Harness::with("poldriftp", 7, Backend::Process));
+    }
+}
+
+fn drift(h: Harness) {
     let eps = endpoints(&h, 2);
     let (x, y) = (&eps[0], &eps[1]);
     let s = spec(&h.node, &[x, y], &[&["a"], &["b"]]);
@@ -828,4 +875,269 @@ fn nft_runs_in_the_namespace_the_dataplane_was_made_in() {
     assert!(tables(&h.node.ns).contains("table inet calico-mesos"));
     assert!(!tables(&h.node.gateway).contains("calico-mesos"));
     h.assert_kernel_is(&s);
+}
+
+/// `v` without its `"handle"` members (numbers the kernel hands out, which
+/// differ between two tables built alike at different times).
+fn without_handles(mut v: serde_json::Value) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("handle");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut v);
+    v
+}
+
+#[test]
+fn both_backends_apply_the_same_ensures_and_read_back_identical_tables() {
+    if !require_root() {
+        return;
+    }
+    // Two dataplanes on one node: libnftables and nft processes.
+    let h = Harness::with("polboth", 8, Backend::Process);
+    let lib = h
+        .node
+        .ns
+        .run(|| PolicyDataplane::with_backend(Backend::Library.open()));
+    let ensure_on = |dp: &PolicyDataplane, s: &PolicySpec| -> Vec<PolicyAction> {
+        let rt = &h.rt;
+        h.node
+            .ns
+            .run(move || rt.block_on(async move { dp.ensure(s, false).await.unwrap() }))
+    };
+    // The raw listing through each backend, of one and the same kernel state.
+    let listings = || -> (String, String) {
+        let (rt, pdp, ldp) = (&h.rt, &h.dp, &lib);
+        h.node.ns.run(move || {
+            rt.block_on(async move {
+                (
+                    pdp.backend().list_table().await.unwrap().unwrap(),
+                    ldp.backend().list_table().await.unwrap().unwrap(),
+                )
+            })
+        })
+    };
+    let s = big_spec(&h.node, 40, 6);
+    let mut s2 = s.clone();
+    add_big_endpoint(
+        &mut s2,
+        "both-new",
+        1,
+        vec!["host:node1".into(), "ng2".into()],
+    );
+    let mut s3 = s2.clone();
+    s3.endpoints.remove(&host_ifname("big-3"));
+
+    // The same ensures through nft processes, then (on a fresh table)
+    // through libnftables.
+    let mut seen = vec![];
+    for dp in [&h.dp, &lib] {
+        dp.forget();
+        let actions: Vec<Vec<PolicyAction>> =
+            [&s, &s2, &s3].iter().map(|x| ensure_on(dp, x)).collect();
+        assert_eq!(actions[0][0], PolicyAction::CreateTable);
+        assert!(!actions[1].is_empty() && !actions[2].is_empty());
+        let (by_process, by_library) = listings();
+        assert_eq!(by_process, by_library, "one kernel state, two listings");
+        assert_eq!(
+            parse_listing(&by_library).unwrap(),
+            render(&s3).unwrap(),
+            "{:?} left what s3 renders to",
+            dp.backend_kind()
+        );
+        seen.push((actions, by_library));
+        let rt = &h.rt;
+        assert!(h.node.ns.run(move || rt.block_on(dp.remove()).unwrap()));
+    }
+    let (proc_actions, proc_listing) = &seen[0];
+    let (lib_actions, lib_listing) = &seen[1];
+    assert_eq!(proc_actions, lib_actions, "the same plans");
+    let json = |t: &str| without_handles(serde_json::from_str(t).unwrap());
+    assert_eq!(json(proc_listing), json(lib_listing), "identical tables");
+    // Both see the table gone, and removing it again is no error.
+    for dp in [&h.dp, &lib] {
+        let rt = &h.rt;
+        assert_eq!(
+            h.node.ns.run(move || rt.block_on(dp.observe()).unwrap()),
+            None
+        );
+        assert!(!h.node.ns.run(move || rt.block_on(dp.remove()).unwrap()));
+    }
+    drop(lib);
+}
+
+#[test]
+fn libnftables_sees_what_others_changed_between_its_calls() {
+    if !require_root() {
+        return;
+    }
+    for (tag, x, backend) in [
+        ("polcachel", 9, Backend::Library),
+        ("polcachep", 10, Backend::Process),
+    ] {
+        let h = Harness::with(tag, x, backend);
+        let s = big_spec(&h.node, 10, 2);
+        // A listing and a transaction: the context's cache now holds our
+        // table, with set ng0.v4 of type ipv4_addr.
+        assert_eq!(h.ensure(&s)[0], PolicyAction::CreateTable);
+        h.assert_kernel_is(&s);
+        // Someone else replaces the table by one whose ng0.v4 holds marks
+        // (4 bytes, as an IPv4 address is): an element encoded from a stale
+        // cache would be accepted by the kernel into the wrong set.
+        let set = reconcilers::policy::netgroup_set("ng0", false);
+        h.nft(&["delete", "table", "inet", "calico-mesos"]);
+        h.nft(&["add", "table", "inet", "calico-mesos"]);
+        h.nft(&["add", "set", "inet", "calico-mesos", &set, "{ type mark; }"]);
+        // A change, with no forget(): the dataplane's own memory says the
+        // table is `s`, so it sends one element update. libnftables must
+        // see the new generation, read the set's new type and refuse the
+        // address; ensure then reads the kernel and rebuilds.
+        let mut s2 = s.clone();
+        s2.netgroups
+            .get_mut("ng0")
+            .unwrap()
+            .ipv4
+            .insert(Ipv4Addr::new(198, 18, 1, 1));
+        // (A stale cache would have let the one element update through,
+        // and ensure would have returned just that.)
+        let actions = h.ensure(&s2);
+        assert!(
+            actions.len() > 1
+                && actions
+                    .iter()
+                    .any(|a| matches!(a, PolicyAction::CreateSet { name, .. } if *name == set)),
+            "{backend:?}: {actions:?}"
+        );
+        h.assert_kernel_is(&s2);
+        // And a foreign element add is seen by the next read.
+        h.nft(&[
+            "add",
+            "element",
+            "inet",
+            "calico-mesos",
+            &set,
+            "{ 198.18.1.2 }",
+        ]);
+        h.dp.forget();
+        let actions = h.ensure(&s2);
+        assert_eq!(
+            actions.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            [format!("delete 1 element from set {set}")],
+            "{backend:?}"
+        );
+    }
+}
+
+/// The `NETLINK_NETFILTER` sockets of this process that live in the network
+/// namespace with inode `netns`, with whether each is close-on-exec.
+fn netfilter_sockets_in(netns: u64) -> Vec<bool> {
+    use std::os::unix::fs::MetadataExt;
+    const SIOCGSKNS: libc::c_ulong = 0x894c;
+    let sockopt = |fd: libc::c_int, opt| {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into a live c_int.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(v)
+    };
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = e.file_name().to_string_lossy().parse::<libc::c_int>() else {
+            continue;
+        };
+        if sockopt(fd, libc::SO_DOMAIN) != Some(libc::AF_NETLINK)
+            || sockopt(fd, libc::SO_PROTOCOL) != Some(libc::NETLINK_NETFILTER)
+        {
+            continue;
+        }
+        // SAFETY: SIOCGSKNS returns a new fd for the socket's namespace (or
+        // fails); we own it and wrap it at once.
+        let ns = unsafe { libc::ioctl(fd, SIOCGSKNS as _) };
+        if ns < 0 {
+            continue;
+        }
+        // SAFETY: `ns` is a fresh fd that nothing else owns.
+        let ns = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(ns) };
+        if ns.metadata().unwrap().ino() == netns {
+            // SAFETY: F_GETFD only reads the fd's flags.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            out.push(flags & libc::FD_CLOEXEC != 0);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_library_context_lives_in_the_node_namespace_and_goes_with_the_dataplane() {
+    if !require_root() {
+        return;
+    }
+    let h = Harness::with("polctx", 11, Backend::Library);
+    let inode = h.node.ns.inode();
+    // Made from a thread in the node namespace: exactly one socket there,
+    // close-on-exec (a child must not inherit it and pin the namespace).
+    assert_eq!(netfilter_sockets_in(inode), [true]);
+    // Used from a thread in another namespace, it still acts on the node.
+    let (rt, dp) = (&h.rt, &h.dp);
+    let s = big_spec(&h.node, 3, 1);
+    let sref = &s;
+    h.node
+        .gateway
+        .run(move || rt.block_on(async move { dp.ensure(sref, false).await.unwrap() }));
+    h.assert_kernel_is(&s);
+    assert_eq!(
+        netfilter_sockets_in(h.node.gateway.inode()),
+        Vec::<bool>::new()
+    );
+    // Dropping the dataplane frees the context: no socket keeps the node.
+    let Harness { dp, rt, node } = h;
+    drop(dp);
+    assert_eq!(netfilter_sockets_in(inode), Vec::<bool>::new());
+    drop(rt);
+    drop(node);
+}
+
+#[test]
+fn a_library_that_does_not_load_falls_back_to_nft_processes() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new("polfallback", 12);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let options = NftOptions {
+        library: Some("libnftables-not-here.so.1".into()),
+        ..NftOptions::default()
+    };
+    let dp = node
+        .ns
+        .run(|| PolicyDataplane::with_backend(NftBackend::open(&options)));
+    assert_eq!(dp.backend_kind(), NftBackendKind::Process);
+    let s = big_spec(&node, 3, 1);
+    let (rtr, dpr, sref) = (&rt, &dp, &s);
+    let observed = node.ns.run(move || {
+        rtr.block_on(async move {
+            dpr.ensure(sref, false).await.unwrap();
+            dpr.observe().await.unwrap()
+        })
+    });
+    assert_eq!(observed, Some(render(&s).unwrap()));
+    assert_eq!(netfilter_sockets_in(node.ns.inode()), Vec::<bool>::new());
+    drop(dp);
 }

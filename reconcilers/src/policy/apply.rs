@@ -1,36 +1,25 @@
-//! [`PolicyDataplane`]: render → plan → one `nft -j -f -` transaction.
+//! [`PolicyDataplane`]: render → plan → one nftables transaction, through
+//! the [`NftBackend`] it was given (libnftables in process by default, else
+//! an `nft` process per call).
 //!
-//! Owns the `nft` child processes it starts (each bounded by a timeout and
-//! killed when it passes it) and our table `inet calico-mesos`; it never
-//! lists, changes or deletes any other table.
+//! Owns our table `inet calico-mesos` (and, through its backend, the
+//! libnftables context or the `nft` children); it never lists, changes or
+//! deletes any other table.
 
+use super::backend::{NftBackend, NftBackendKind, NftOptions};
 use super::model::PolicySpec;
 use super::nft::{delete_table, to_nft};
 use super::observe::{is_missing_table, parse_listing, ObserveError};
 use super::plan::{plan, PolicyAction};
 use super::render::{render, RenderError};
 use super::ruleset::{Ruleset, TABLE};
-use std::collections::VecDeque;
-use std::ffi::OsString;
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
-use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 
-/// How long one `nft` run may take before it is killed (a transaction
-/// gets one more second per 512 KiB of JSON it sends: a full create at
-/// 1,000 endpoints in 100 profile lists is about 600 KiB and takes nft
-/// well under a second).
+/// How long one nftables call may take before it is given up (an `nft`
+/// process is killed; a libnftables call is left to finish on its thread).
+/// A transaction gets one more second per 512 KiB of JSON it sends.
 pub const NFT_TIMEOUT: Duration = Duration::from_secs(10);
-/// See [`NFT_TIMEOUT`].
-const BYTES_PER_EXTRA_SECOND: usize = 512 * 1024;
-/// How many of our recent `nft` pids [`PolicyDataplane::spawned_by_us`]
-/// remembers.
-const RECENT_PIDS: usize = 32;
 
 /// Why the policy dataplane could not be read or changed.
 #[derive(Debug, thiserror::Error)]
@@ -58,23 +47,31 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
-    /// `nft` ran and failed; nothing of that transaction was applied.
+    /// nftables refused the command (`nft` exited non-zero, or
+    /// libnftables returned an error); nothing of that transaction was
+    /// applied.
     #[error("nft failed to {what} ({status}): {stderr}")]
     NftFailed {
         /// What it was to do.
         what: String,
-        /// Its exit status.
-        status: ExitStatus,
-        /// Its standard error.
+        /// How it failed: the exit status, or the library's return code.
+        status: String,
+        /// Its error text.
         stderr: String,
     },
-    /// `nft` ran past its deadline and was killed.
-    #[error("nft did not {what} within {timeout:?}: killed")]
+    /// The call ran past its deadline (an `nft` process was killed).
+    #[error("nft did not {what} within {timeout:?}")]
     Timeout {
         /// What it was to do.
         what: String,
         /// The deadline.
         timeout: Duration,
+    },
+    /// The libnftables thread stopped (a panic) before answering.
+    #[error("the libnftables thread stopped before it could {what}")]
+    LibraryGone {
+        /// What it was to do.
+        what: String,
     },
     /// nft's listing of our table could not be read.
     #[error("cannot read nft's listing of table inet {TABLE}")]
@@ -102,19 +99,16 @@ enum Known {
 }
 
 /// The policy reconciler of one node, bound to the network namespace of
-/// the thread that created it: every `nft` it runs is in that namespace.
+/// the thread that created it: every nftables call it makes is in that
+/// namespace. Dropping it frees its backend (and with it any socket that
+/// would keep the namespace alive).
 #[derive(Debug)]
 pub struct PolicyDataplane {
-    /// The namespace `nft` runs in, and its inode.
-    netns: Option<(File, u64)>,
-    program: OsString,
-    timeout: Duration,
+    backend: NftBackend,
     /// Serialises `ensure`/`remove`, and holds what we know of the table.
     known: tokio::sync::Mutex<Known>,
     /// Set by [`forget`](Self::forget): the next call reads the kernel.
     stale: AtomicBool,
-    /// Pids of our recent `nft` runs, newest last.
-    recent: Mutex<VecDeque<u32>>,
 }
 
 impl Default for PolicyDataplane {
@@ -123,43 +117,33 @@ impl Default for PolicyDataplane {
     }
 }
 
-fn thread_netns_inode() -> Option<u64> {
-    std::fs::metadata("/proc/thread-self/ns/net")
-        .ok()
-        .map(|m| m.ino())
-}
-
 impl PolicyDataplane {
-    /// A dataplane for the calling thread's network namespace (the node's).
-    /// Needs no runtime; its async methods need a tokio runtime.
+    /// A dataplane for the calling thread's network namespace (the node's),
+    /// through libnftables if it loads, else `nft` processes
+    /// ([`NftOptions::default`]). Needs no runtime; its async methods need
+    /// a tokio runtime.
     pub fn new() -> PolicyDataplane {
-        let netns = match File::open("/proc/thread-self/ns/net") {
-            Ok(f) => f.metadata().ok().map(|m| (f, m.ino())),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open this thread's network namespace; nft will run in the namespace of whichever thread starts it");
-                None
-            }
-        };
+        Self::with_backend(NftBackend::open(&NftOptions::default()))
+    }
+
+    /// A dataplane that reaches nftables through `backend` (opened in the
+    /// node's namespace).
+    pub fn with_backend(backend: NftBackend) -> PolicyDataplane {
         PolicyDataplane {
-            netns,
-            program: OsString::from("nft"),
-            timeout: NFT_TIMEOUT,
+            backend,
             known: tokio::sync::Mutex::new(Known::Unknown),
             stale: AtomicBool::new(false),
-            recent: Mutex::new(VecDeque::with_capacity(RECENT_PIDS)),
         }
     }
 
-    /// Uses `program` instead of `nft` from PATH.
-    pub fn with_program(mut self, program: impl Into<OsString>) -> Self {
-        self.program = program.into();
-        self
+    /// Which way this dataplane reaches nftables.
+    pub fn backend_kind(&self) -> NftBackendKind {
+        self.backend.kind()
     }
 
-    /// Sets the deadline of each `nft` run (default [`NFT_TIMEOUT`]).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
+    /// The backend itself (to list the table as nft prints it).
+    pub fn backend(&self) -> &NftBackend {
+        &self.backend
     }
 
     /// Drift is suspected: the next `ensure` reads the kernel instead of
@@ -168,140 +152,27 @@ impl PolicyDataplane {
         self.stale.store(true, Ordering::SeqCst);
     }
 
-    /// True when `pid` is one of the `nft` processes this dataplane ran
-    /// recently: a committed generation with that pid was our own change.
+    /// True when a committed generation reported with `pid` was our own
+    /// change: one of our recent `nft` processes, or our libnftables
+    /// thread (the kernel reports the committing thread's id).
     pub fn spawned_by_us(&self, pid: u32) -> bool {
-        self.recent
-            .lock()
-            .map(|r| r.contains(&pid))
-            .unwrap_or(false)
-    }
-
-    fn remember(&self, pid: u32) {
-        if let Ok(mut r) = self.recent.lock() {
-            if r.len() == RECENT_PIDS {
-                r.pop_front();
-            }
-            r.push_back(pid);
-        }
-    }
-
-    /// Runs `nft <args>` with `input` on stdin; returns stdout. A non-zero
-    /// exit is [`PolicyError::NftFailed`].
-    async fn nft(
-        &self,
-        args: &[&str],
-        input: Option<&[u8]>,
-        what: &str,
-    ) -> Result<String, PolicyError> {
-        let timeout = self.timeout
-            + Duration::from_secs((input.map_or(0, <[u8]>::len) / BYTES_PER_EXTRA_SECOND) as u64);
-        let program = self.program.to_string_lossy().into_owned();
-        let mut cmd = tokio::process::Command::new(&self.program);
-        cmd.args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some((file, inode)) = &self.netns {
-            // A child starts in the namespace of the thread that forks it;
-            // on a runtime thread elsewhere, move it into ours first.
-            if thread_netns_inode() != Some(*inode) {
-                let fd = file.as_raw_fd();
-                // SAFETY: the closure runs in the forked child before exec
-                // and only makes the setns syscall (async-signal-safe) on
-                // an fd that `self` keeps open across the spawn.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        Ok(())
-                    });
-                }
-            }
-        }
-        let mut child = cmd.spawn().map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                PolicyError::NftMissing {
-                    program: program.clone(),
-                    source,
-                }
-            } else {
-                PolicyError::Spawn {
-                    program: program.clone(),
-                    what: what.to_string(),
-                    source,
-                }
-            }
-        })?;
-        if let Some(pid) = child.id() {
-            self.remember(pid);
-        }
-        let stdin = child.stdin.take();
-        let run = async {
-            let feed = async {
-                if let (Some(mut w), Some(data)) = (stdin, input) {
-                    // nft reads all of its input before it answers; a
-                    // broken pipe means it exited early, which its exit
-                    // status explains.
-                    let _ = w.write_all(data).await;
-                    let _ = w.shutdown().await;
-                }
-            };
-            let ((), out) = tokio::join!(feed, child.wait_with_output());
-            out
-        };
-        let out = match tokio::time::timeout(timeout, run).await {
-            Err(_) => {
-                return Err(PolicyError::Timeout {
-                    what: what.to_string(),
-                    timeout,
-                })
-            }
-            Ok(Err(source)) => {
-                return Err(PolicyError::Spawn {
-                    program,
-                    what: what.to_string(),
-                    source,
-                })
-            }
-            Ok(Ok(out)) => out,
-        };
-        if !out.status.success() {
-            return Err(PolicyError::NftFailed {
-                what: what.to_string(),
-                status: out.status,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.backend.committed(pid)
     }
 
     /// Reads our table from the kernel; `None` when it does not exist.
     pub async fn observe(&self) -> Result<Option<Ruleset>, PolicyError> {
-        let what = format!("list table inet {TABLE}");
-        match self
-            .nft(&["-j", "list", "table", "inet", TABLE], None, &what)
-            .await
-        {
-            Ok(json) => parse_listing(&json)
+        match self.backend.list_table().await? {
+            Some(json) => parse_listing(&json)
                 .map(Some)
                 .map_err(PolicyError::Unparsable),
-            Err(PolicyError::NftFailed { stderr, .. }) if is_missing_table(&stderr) => Ok(None),
-            Err(e) => Err(e),
+            None => Ok(None),
         }
     }
 
     async fn apply(&self, actions: &[PolicyAction]) -> Result<(), PolicyError> {
         let doc = serde_json::to_vec(&to_nft(actions)).expect("nft documents always serialise");
         let what = format!("apply {} policy actions", actions.len());
-        self.nft(&["-j", "-f", "-"], Some(&doc), &what).await?;
-        Ok(())
+        self.backend.apply(&doc, &what).await
     }
 
     async fn current(&self, known: &mut Known) -> Result<Option<Ruleset>, PolicyError> {
@@ -367,8 +238,8 @@ impl PolicyDataplane {
         *known = Known::Unknown;
         let doc = serde_json::to_vec(&delete_table()).expect("nft documents always serialise");
         let what = format!("delete table inet {TABLE}");
-        let existed = match self.nft(&["-j", "-f", "-"], Some(&doc), &what).await {
-            Ok(_) => true,
+        let existed = match self.backend.apply(&doc, &what).await {
+            Ok(()) => true,
             Err(PolicyError::NftFailed { stderr, .. }) if is_missing_table(&stderr) => false,
             Err(e) => return Err(e),
         };
@@ -380,11 +251,25 @@ impl PolicyDataplane {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::process::RECENT_PIDS;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A dataplane that runs `program` as nft.
+    fn with_program(program: impl Into<std::ffi::OsString>) -> PolicyDataplane {
+        PolicyDataplane::with_backend(NftBackend::open(&NftOptions::process(program)))
+    }
+
+    fn process(dp: &PolicyDataplane) -> &crate::policy::process::NftProcess {
+        match &dp.backend {
+            NftBackend::Process(p) => p,
+            NftBackend::Library(_) => panic!("a process backend was asked for"),
+        }
+    }
 
     #[tokio::test]
     async fn a_missing_nft_is_named() {
-        let dp = PolicyDataplane::new().with_program("/nonexistent/nft");
+        let dp = with_program("/nonexistent/nft");
+        assert_eq!(dp.backend_kind(), NftBackendKind::Process);
         let err = dp.ensure(&PolicySpec::default(), false).await.unwrap_err();
         assert!(matches!(err, PolicyError::NftMissing { .. }), "{err}");
         assert!(
@@ -404,25 +289,25 @@ mod tests {
     #[tokio::test]
     async fn a_hanging_nft_is_killed_at_its_deadline() {
         let script = fake_nft("hang", "exec sleep 30");
-        let dp = PolicyDataplane::new()
-            .with_program(&script)
-            .with_timeout(Duration::from_millis(200));
+        let dp = PolicyDataplane::with_backend(NftBackend::open(
+            &NftOptions::process(&script).with_timeout(Duration::from_millis(200)),
+        ));
         let started = Instant::now();
         let err = dp.observe().await.unwrap_err();
         let _ = std::fs::remove_file(&script);
         assert!(matches!(err, PolicyError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
         // It ran, and its pid is remembered as ours.
-        assert_eq!(dp.recent.lock().unwrap().len(), 1);
-        let pid = dp.recent.lock().unwrap()[0];
-        assert!(dp.spawned_by_us(pid));
-        assert!(!dp.spawned_by_us(pid.wrapping_add(1)));
+        let pids = process(&dp).remembered();
+        assert_eq!(pids.len(), 1);
+        assert!(dp.spawned_by_us(pids[0]));
+        assert!(!dp.spawned_by_us(pids[0].wrapping_add(1)));
     }
 
     #[tokio::test]
     async fn a_failing_nft_reports_its_stderr() {
         let script = fake_nft("fail", "echo 'Error: something broke' >&2; exit 1");
-        let dp = PolicyDataplane::new().with_program(&script);
+        let dp = with_program(&script);
         let err = dp.observe().await.unwrap_err();
         let _ = std::fs::remove_file(&script);
         assert!(err.to_string().contains("something broke"), "{err}");
@@ -431,7 +316,7 @@ mod tests {
             "absent",
             "echo 'Error: No such file or directory' >&2; exit 1",
         );
-        let dp = PolicyDataplane::new().with_program(&script);
+        let dp = with_program(&script);
         assert_eq!(dp.observe().await.unwrap(), None);
         let _ = std::fs::remove_file(&script);
     }
@@ -439,20 +324,51 @@ mod tests {
     #[tokio::test]
     async fn garbage_from_nft_is_unparsable() {
         let script = fake_nft("garbage", "echo 'not json'");
-        let dp = PolicyDataplane::new().with_program(&script);
+        let dp = with_program(&script);
         let err = dp.observe().await.unwrap_err();
         let _ = std::fs::remove_file(&script);
         assert!(matches!(err, PolicyError::Unparsable(_)), "{err}");
     }
 
-    #[tokio::test]
-    async fn the_pid_ring_is_bounded() {
-        let dp = PolicyDataplane::new();
+    #[test]
+    fn the_pid_ring_is_bounded() {
+        let dp = with_program("nft");
         for pid in 1..=(RECENT_PIDS as u32 + 5) {
-            dp.remember(pid);
+            process(&dp).remember(pid);
         }
         assert!(!dp.spawned_by_us(1));
         assert!(dp.spawned_by_us(RECENT_PIDS as u32 + 5));
-        assert_eq!(dp.recent.lock().unwrap().len(), RECENT_PIDS);
+        assert_eq!(process(&dp).remembered().len(), RECENT_PIDS);
+    }
+
+    #[test]
+    fn a_library_that_does_not_load_falls_back_to_nft_processes() {
+        let options = NftOptions {
+            library: Some("libnftables-that-does-not-exist.so.1".into()),
+            ..NftOptions::default()
+        };
+        let backend = NftBackend::open(&options);
+        assert_eq!(backend.kind(), NftBackendKind::Process);
+        let err = crate::policy::LibNft::open(options.library.as_ref().unwrap(), NFT_TIMEOUT)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot load libnftables-that-does-not-exist.so.1"),
+            "{err}"
+        );
+        // A library without nftables' functions is refused by name.
+        let err = crate::policy::LibNft::open("libc.so.6", NFT_TIMEOUT).unwrap_err();
+        assert!(
+            err.to_string().contains("libc.so.6 has no nft_ctx_new"),
+            "{err}"
+        );
+        assert_eq!(
+            NftBackend::open(&NftOptions {
+                library: Some("libc.so.6".into()),
+                ..NftOptions::default()
+            })
+            .kind(),
+            NftBackendKind::Process
+        );
     }
 }

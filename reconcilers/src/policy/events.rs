@@ -2,7 +2,9 @@
 //! to "a transaction was committed, by this pid".
 //!
 //! Every nftables transaction ends with an `NFT_MSG_NEWGEN` message that
-//! carries the committing process's pid. The daemon compares it with
+//! carries the committing task's id (the thread's, which for a
+//! single-threaded `nft` is its pid; for our libnftables context, the id of
+//! its own thread). The daemon compares it with
 //! [`PolicyDataplane::spawned_by_us`](super::PolicyDataplane::spawned_by_us):
 //! a commit by anyone else may have changed our table, so it calls
 //! `forget()` and `ensure` (which changes nothing when nothing of ours was

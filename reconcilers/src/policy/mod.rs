@@ -8,7 +8,8 @@
 //! Pure planning is separated from side effects: [`render()`] (spec →
 //! [`Ruleset`]), [`parse_listing`] (nft's JSON → [`Ruleset`]), [`plan()`]
 //! (desired, observed → [`PolicyAction`]s) and [`to_nft()`] (actions → one
-//! nft JSON transaction) touch nothing. [`PolicyDataplane`] runs `nft`;
+//! nft JSON transaction) touch nothing. [`PolicyDataplane`] applies them
+//! through an [`NftBackend`] (libnftables in process, else `nft`);
 //! [`NftEvents`] listens for commits by others.
 //!
 //! Owns our table and nothing else: no other table is ever listed,
@@ -16,21 +17,27 @@
 //! never judged by it.
 
 mod apply;
+mod backend;
 mod events;
+mod libnft;
 mod model;
 mod nft;
 mod observe;
 mod plan;
 #[cfg(test)]
 mod plan_tests;
+mod process;
 mod render;
 mod ruleset;
 
 pub use apply::{PolicyDataplane, PolicyError, NFT_TIMEOUT};
+pub use backend::{NftBackend, NftBackendKind, NftOptions};
 pub use events::{parse_datagram, NftEvent, NftEvents};
+pub use libnft::{LibNft, LibNftError, LIBNFTABLES};
 pub use model::*;
 pub use nft::to_nft;
 pub use observe::{parse_listing, ObserveError};
 pub use plan::{plan, simulate, PolicyAction, SimulateError};
+pub use process::NftProcess;
 pub use render::{render, valid_endpoint, valid_netgroup, RenderError};
 pub use ruleset::*;
