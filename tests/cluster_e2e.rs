@@ -99,7 +99,10 @@ fn containers_on_different_nodes_in_one_netgroup_reach_each_other() {
     let (ok, list, err) = cluster.cli(1, &["node", "list"]);
     assert!(ok, "{err}");
     let line = list.lines().find(|l| l.starts_with("node-3")).unwrap();
-    assert!(line.contains("down"), "a stopped node is not shown down: {list}");
+    assert!(
+        line.contains("down"),
+        "a stopped node is not shown down: {list}"
+    );
     let (ok, out, err) = cluster.cli(1, &["node", "remove", "node-3"]);
     assert!(ok, "node remove: {err}");
     assert!(out.contains("removed node node-3"), "{out}");

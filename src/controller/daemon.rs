@@ -639,9 +639,9 @@ fn affects_fabric(shared: &Shared, key: &str, value: Option<&store::KeyValue>) -
     before != affinity
 }
 
-/// Follows nftables commits in the node namespace: one made by anyone but
-/// our own `nft` runs (or lost notifications) has our table read back and
-/// repaired.
+/// Follows nftables commits in the node namespace: a commit made by anyone
+/// but us (our libnftables context's thread, or our `nft` processes), or
+/// lost notifications, has our table read back and repaired.
 async fn watch_nftables(shared: Arc<Shared>, tx: Triggers) {
     drop(tx); // triggers go through `recheck_policy`
     let mut events = match NftEvents::new() {
