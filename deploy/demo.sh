@@ -251,6 +251,8 @@ done
 
 say "calico-mesos status"
 innode "$bin" status
+say "calico-mesos node list (the daemon registered the node and keeps its lease)"
+innode "$bin" node list
 say "What the kernel holds"
 note "node routes of ours (protocol 81):"
 ip -n "$node" route show proto 81 | sed 's/^/     /'
