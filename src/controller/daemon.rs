@@ -582,7 +582,15 @@ async fn watch_store(shared: Arc<Shared>, tx: Triggers, mut revision: store::Rev
                     match store::decode::<Endpoint>(&kv) {
                         Ok(ep) => {
                             let cid = ep.container_id.clone();
+                            // Usually the isolate that wrote it kicked us
+                            // and its reconcile verified this generation
+                            // already: another run would find nothing.
+                            // Every change of intent makes a new generation.
+                            let verified = shared.fresh.is_fresh(&cid, ep.generation);
                             shared.index.upsert(ep);
+                            if verified {
+                                continue;
+                            }
                             let _ = tx
                                 .send(Trigger {
                                     reset_backoff: true,

@@ -9,28 +9,34 @@ use crate::endpoint::Endpoint;
 use crate::ipam::Block;
 use crate::node;
 use crate::policy;
+use crate::store::cache::PrefixCache;
 use crate::store::{self, keys, Store};
 use ipnet::IpNet;
 use reconcilers::fabric::{desired_routes, FabricAction, FabricSpec};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-/// Everything the routes of `this_node` depend on, read from the store.
-pub fn desired_fabric(store: &dyn Store, this_node: &str) -> anyhow::Result<FabricSpec> {
+/// Everything the routes of `this_node` depend on, read from the store
+/// (the cluster's endpoints through `endpoints`).
+pub fn desired_fabric(
+    store: &dyn Store,
+    endpoints: &PrefixCache<Endpoint>,
+    this_node: &str,
+) -> anyhow::Result<FabricSpec> {
     let blocks: Vec<(IpNet, String)> = store::list_json::<Block>(store, keys::BLOCKS)?
         .into_iter()
         .filter_map(|b| Some((b.value.cidr, b.value.affinity?)))
         .collect();
-    let elsewhere: Vec<(IpAddr, String)> = policy::all_endpoints(store)?
-        .into_iter()
-        .filter(|e| e.node != this_node)
-        .flat_map(|e: Endpoint| {
-            let node = e.node.clone();
-            policy::addresses(&e)
-                .into_iter()
-                .map(move |a| (a, node.clone()))
-        })
-        .collect();
+    let elsewhere: Vec<(IpAddr, String)> = endpoints.with_current(store, |all| {
+        all.values()
+            .filter(|e| e.node != this_node)
+            .flat_map(|e| {
+                policy::addresses(e)
+                    .into_iter()
+                    .map(move |a| (a, e.node.clone()))
+            })
+            .collect()
+    })?;
     let nodes: BTreeMap<String, Vec<IpAddr>> = node::all(store)?
         .into_iter()
         .map(|(name, n)| (name, n.addresses))
@@ -53,7 +59,7 @@ pub async fn reconcile_fabric(
         return Ok(Vec::new());
     };
     let run = || async {
-        let spec = desired_fabric(ctx.store.as_ref(), &ctx.node)?;
+        let spec = desired_fabric(ctx.store.as_ref(), &ctx.endpoints, &ctx.node)?;
         anyhow::Ok(dataplane.ensure(&spec, dry_run).await?)
     };
     if dry_run {

@@ -10,8 +10,9 @@ use super::coalesce::Coalesced;
 use crate::config::{Config, PolicyMode};
 use crate::endpoint::{self, Endpoint, EndpointStatus, Phase};
 use crate::ipam;
-use crate::policy::{self, profiles};
-use crate::store::{Store, Versioned};
+use crate::policy::{self, profiles, Profile};
+use crate::store::cache::PrefixCache;
+use crate::store::{keys, Store, Versioned};
 use anyhow::Context as _;
 use reconcilers::endpoint::{
     host_ifname, Action, EndpointDataplane, EndpointError, EndpointSpec, Inventory,
@@ -45,6 +46,11 @@ pub struct NodeContext {
     pub fabric: Option<FabricDataplane>,
     /// Runs of the node's fabric routes, coalesced.
     pub(super) fabric_runs: Coalesced,
+    /// Every endpoint of the cluster, kept up to date from the store's
+    /// changes (policy membership, routes to other nodes' containers).
+    pub(super) endpoints: PrefixCache<Endpoint>,
+    /// Every profile, likewise.
+    profiles: PrefixCache<Profile>,
 }
 
 impl NodeContext {
@@ -86,6 +92,8 @@ impl NodeContext {
                 None
             },
             fabric_runs: Coalesced::default(),
+            endpoints: PrefixCache::new(keys::ENDPOINTS),
+            profiles: PrefixCache::new(keys::PROFILES),
         })
     }
 }
@@ -104,12 +112,18 @@ pub async fn reconcile_policy(
     };
     let run = || async {
         let store = ctx.store.as_ref();
-        // Membership counts both lists, so this node's endpoints need not
-        // be copied into the cluster's.
-        let (mine, others): (Vec<Endpoint>, Vec<Endpoint>) = policy::all_endpoints(store)?
-            .into_iter()
-            .partition(|e| e.node == ctx.node);
-        let spec = policy::desired_policy(&mine, &others, &profiles::list(store)?);
+        let spec = ctx.profiles.with_current(store, |profiles| {
+            ctx.endpoints.with_current(store, |endpoints| {
+                // Membership counts both, so this node's endpoints are
+                // left out of the cluster's.
+                let all = endpoints.values();
+                policy::desired_policy(
+                    all.clone().filter(|e| e.node == ctx.node),
+                    all.filter(|e| e.node != ctx.node),
+                    profiles.values(),
+                )
+            })
+        })??;
         anyhow::Ok(dataplane.ensure(&spec, dry_run).await?)
     };
     if dry_run {
@@ -220,14 +234,24 @@ pub async fn reconcile_endpoint(
     let new_intent = status
         .as_ref()
         .is_none_or(|s| s.observed_generation != ep.value.generation || s.phase != Phase::Ready);
-    let ensured = match ctx.dataplane.ensure(&spec_of(&ep.value), dry_run).await {
-        Ok(done) if new_intent && ctx.policy.is_some() => {
-            match admit_to_policy(ctx, &ep.value, dry_run).await {
-                Ok(()) => Ok(done),
-                Err(e) => Err(format!("policy: {e:#}")),
-            }
+    // The policy is keyed by interface name and drops everything of a
+    // `cali*` interface it does not know, so it can be brought in while
+    // the veth is made: the isolate waits for the slower of the two, not
+    // for both one after the other.
+    let admitted = async {
+        if new_intent && ctx.policy.is_some() {
+            admit_to_policy(ctx, &ep.value, dry_run).await
+        } else {
+            Ok(())
         }
-        Ok(done) => Ok(done),
+    };
+    let spec = spec_of(&ep.value);
+    let (dataplane, admitted) = futures::join!(ctx.dataplane.ensure(&spec, dry_run), admitted);
+    let ensured = match dataplane {
+        Ok(done) => match admitted {
+            Ok(()) => Ok(done),
+            Err(e) => Err(format!("policy: {e:#}")),
+        },
         Err(e) if e.is_gone() => return orphaned(ctx, &ep, status, &e, dry_run).await,
         Err(e) => Err(format!("{:#}", anyhow::Error::from(e))),
     };
@@ -355,16 +379,24 @@ async fn remove(
     dry_run: bool,
     collected: bool,
 ) -> anyhow::Result<Outcome> {
-    // A cleanup takes the endpoint out of the policy first (it is left out
-    // of the desired policy once deletion is requested); an orphan's record
+    // A cleanup takes the endpoint out of the policy (it is left out of the
+    // desired policy once deletion is requested) while its veth is
+    // removed: a `cali*` interface the policy does not know has all its
+    // traffic dropped, so neither order opens anything. An orphan's record
     // goes first, then its policy (below). A failure here is repaired by
     // the policy's own reconcile: chains for a gone interface match nothing.
-    if !collected {
-        if let Err(e) = reconcile_policy(ctx, dry_run).await {
-            tracing::warn!(container = %ep.value.container_id, error = %format!("{e:#}"), "policy not updated before removal");
+    let policy_first = async {
+        if !collected {
+            if let Err(e) = reconcile_policy(ctx, dry_run).await {
+                tracing::warn!(container = %ep.value.container_id, error = %format!("{e:#}"), "policy not updated before removal");
+            }
         }
-    }
-    let actions = match ctx.dataplane.remove(&ep.value.container_id, dry_run).await {
+    };
+    let ((), removed) = futures::join!(
+        policy_first,
+        ctx.dataplane.remove(&ep.value.container_id, dry_run)
+    );
+    let actions = match removed {
         Ok(actions) => actions,
         Err(e) => {
             let message = format!("{:#}", anyhow::Error::from(e));

@@ -21,14 +21,23 @@ use std::net::IpAddr;
 ///   the addresses of every endpoint of the cluster in it that is not being
 ///   deleted (`cluster_endpoints`, plus `node_endpoints` in case the caller
 ///   listed them apart); a netgroup without members is present and empty.
-pub fn desired_policy(
-    node_endpoints: &[Endpoint],
-    cluster_endpoints: &[Endpoint],
-    profiles: &[Profile],
-) -> PolicySpec {
-    let by_name: BTreeMap<&str, &Profile> = profiles.iter().map(|p| (p.name.as_str(), p)).collect();
+///
+/// Takes anything that iterates over references (slices, a cache's
+/// values), so a caller never copies the cluster's endpoints.
+pub fn desired_policy<'a, N>(
+    node_endpoints: N,
+    cluster_endpoints: impl IntoIterator<Item = &'a Endpoint>,
+    profiles: impl IntoIterator<Item = &'a Profile>,
+) -> PolicySpec
+where
+    N: IntoIterator<Item = &'a Endpoint>,
+    N::IntoIter: Clone,
+{
+    let node_endpoints = node_endpoints.into_iter();
+    let by_name: BTreeMap<&str, &Profile> =
+        profiles.into_iter().map(|p| (p.name.as_str(), p)).collect();
     let mut spec = PolicySpec::default();
-    for ep in node_endpoints.iter().filter(|e| !e.deletion_requested) {
+    for ep in node_endpoints.clone().filter(|e| !e.deletion_requested) {
         let names = profile_names(ep, &ep.node);
         for name in &names {
             if let Some(profile) = by_name.get(name.as_str()) {
@@ -60,7 +69,7 @@ pub fn desired_policy(
         .map(|n| (n.to_string(), Members::default()))
         .collect();
     let live = cluster_endpoints
-        .iter()
+        .into_iter()
         .chain(node_endpoints)
         .filter(|e| !e.deletion_requested);
     for ep in live {

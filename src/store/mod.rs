@@ -8,6 +8,7 @@
 //! revision R". This module owns the trait and the typed-object helpers; it
 //! must not know about Mesos or the kernel.
 
+pub mod cache;
 pub mod etcd;
 pub mod keys;
 pub mod sqlite;

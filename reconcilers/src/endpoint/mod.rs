@@ -32,9 +32,18 @@ use sha2::{Digest, Sha256};
 /// hex digits of the SHA-256 of its id (15 characters, the kernel's limit;
 /// never derived from user text directly).
 pub fn host_ifname(container_id: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(container_id.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{HOST_IFNAME_PREFIX}{}", &hex[..11])
+    // Computed for every endpoint on every policy run: no formatting
+    // machinery, just the eleven nibbles.
+    let mut name = String::with_capacity(15);
+    name.push_str(HOST_IFNAME_PREFIX);
+    for i in 0..11 {
+        let byte = digest[i / 2];
+        let nibble = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
+        name.push(char::from(HEX[usize::from(nibble)]));
+    }
+    name
 }
 
 /// Why an endpoint could not be reconciled.
@@ -351,5 +360,18 @@ impl EndpointDataplane {
             |dst, oif| inv.has_route(dst, oif),
             self.force_forwarding,
         )
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::host_ifname;
+
+    #[test]
+    fn host_ifname_is_cali_and_the_first_eleven_hex_digits_of_the_sha256() {
+        // sha256("container-1") starts 20125537917… (computed elsewhere).
+        assert_eq!(host_ifname("container-1"), "cali20125537917");
+        assert_eq!(host_ifname("container-1").len(), 15);
+        assert_ne!(host_ifname("container-2"), host_ifname("container-1"));
     }
 }

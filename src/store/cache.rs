@@ -1,0 +1,198 @@
+//! The objects under one key prefix, decoded once and kept up to date from
+//! the store's changes, for the runs that need them all: the node's policy
+//! (every endpoint of the cluster for netgroup membership, every profile)
+//! and its routes to other nodes.
+//!
+//! Listing and decoding every endpoint on each run made a policy run cost
+//! O(endpoints) in store reads and JSON parsing, on the isolate path. The
+//! cache reads only what changed since the revision it last saw; after a
+//! compaction of the store's history, or an undecodable value, it relists.
+//!
+//! Only reads the store.
+
+use super::{decode, Change, Revision, Store, StoreError};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// The objects under `prefix` as of a store revision; see the module doc.
+#[derive(Debug)]
+pub struct PrefixCache<T> {
+    prefix: &'static str,
+    state: Mutex<Option<Cached<T>>>,
+}
+
+#[derive(Debug)]
+struct Cached<T> {
+    /// Every change up to this revision is in `objects`.
+    revision: Revision,
+    /// The objects by store key.
+    objects: BTreeMap<String, T>,
+}
+
+impl<T: DeserializeOwned> Cached<T> {
+    /// Reads everything. The revision is read first: a change made
+    /// between the two reads is in the listing and comes again from the
+    /// next `changes_since`, where applying it again changes nothing.
+    fn list(store: &dyn Store, prefix: &str) -> Result<Cached<T>, StoreError> {
+        let revision = store.revision()?;
+        let objects = store
+            .list(prefix, None)?
+            .iter()
+            .map(|kv| Ok((kv.key.clone(), decode(kv)?)))
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Cached { revision, objects })
+    }
+
+    /// Applies the store's changes since `self.revision`.
+    fn refresh(&mut self, store: &dyn Store, prefix: &str) -> Result<(), StoreError> {
+        let changes = store.changes_since(self.revision)?;
+        for change in &changes.changes {
+            match change {
+                Change::Put(kv) if kv.key.starts_with(prefix) => {
+                    self.objects.insert(kv.key.clone(), decode(kv)?);
+                }
+                Change::Delete { key, .. } if key.starts_with(prefix) => {
+                    self.objects.remove(key);
+                }
+                _ => {}
+            }
+        }
+        self.revision = changes.revision;
+        Ok(())
+    }
+}
+
+impl<T: DeserializeOwned> PrefixCache<T> {
+    /// An empty cache of the objects under `prefix` (filled on first use).
+    pub fn new(prefix: &'static str) -> PrefixCache<T> {
+        PrefixCache {
+            prefix,
+            state: Mutex::new(None),
+        }
+    }
+
+    /// Brings the cache up to the store's latest revision and runs `f`
+    /// over every object under the prefix, by key.
+    pub fn with_current<R>(
+        &self,
+        store: &dyn Store,
+        f: impl FnOnce(&BTreeMap<String, T>) -> R,
+    ) -> Result<R, StoreError> {
+        let mut state = self.state.lock().expect("prefix cache lock");
+        let current = match state.take() {
+            None => Cached::list(store, self.prefix)?,
+            Some(mut cached) => match cached.refresh(store, self.prefix) {
+                Ok(()) => cached,
+                // History we have not seen is gone, or a value we cannot
+                // read was half applied: start again from a full listing.
+                Err(StoreError::Compacted { .. } | StoreError::Corrupt { .. }) => {
+                    Cached::list(store, self.prefix)?
+                }
+                // The store did not answer; nothing was applied.
+                Err(e) => {
+                    *state = Some(cached);
+                    return Err(e);
+                }
+            },
+        };
+        Ok(f(&state.insert(current).objects))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::{Endpoint, NetnsId};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{keys, Txn};
+    use std::time::Duration;
+
+    fn ep(node: &str, id: &str) -> Endpoint {
+        Endpoint {
+            node: node.into(),
+            container_id: id.into(),
+            netns: NetnsId { pid: 1, inode: 1 },
+            ipv4: vec![],
+            ipv6: vec![],
+            netgroups: vec!["g".into()],
+            labels: Default::default(),
+            holders: Default::default(),
+            generation: 1,
+            deletion_requested: false,
+        }
+    }
+
+    fn put(store: &dyn Store, e: &Endpoint) {
+        let mut txn = Txn::default();
+        txn.put_json(keys::endpoint(&e.node, &e.container_id), e);
+        store.commit(&txn).unwrap();
+    }
+
+    fn ids(cache: &PrefixCache<Endpoint>, store: &dyn Store) -> Vec<String> {
+        cache
+            .with_current(store, |all| {
+                all.values()
+                    .map(|e| format!("{}/{}", e.node, e.container_id))
+                    .collect()
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn follows_puts_and_deletes_and_relists_after_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open(path.to_str().unwrap(), Duration::from_secs(5)).unwrap();
+        let cache = PrefixCache::<Endpoint>::new(keys::ENDPOINTS);
+        assert!(ids(&cache, &store).is_empty());
+
+        put(&store, &ep("a", "1"));
+        put(&store, &ep("b", "2"));
+        assert_eq!(ids(&cache, &store), ["a/1", "b/2"]);
+
+        let mut changed = ep("a", "1");
+        changed.netgroups = vec!["other".into()];
+        put(&store, &changed);
+        let mut txn = Txn::default();
+        txn.delete(keys::endpoint("b", "2"));
+        store.commit(&txn).unwrap();
+        let netgroups = cache
+            .with_current(&store, |all| {
+                all.values()
+                    .map(|e| e.netgroups.clone())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+        assert_eq!(netgroups, [vec!["other".to_string()]]);
+
+        // Another key's changes are ignored; history compacted past what
+        // the cache saw makes it relist.
+        let mut txn = Txn::default();
+        txn.put("profile/x".to_string(), b"{}".to_vec());
+        store.commit(&txn).unwrap();
+        put(&store, &ep("c", "3"));
+        let mut txn = Txn::default();
+        txn.delete(keys::endpoint("a", "1"));
+        store.commit(&txn).unwrap();
+        store.compact(store.revision().unwrap()).unwrap();
+        assert_eq!(ids(&cache, &store), ["c/3"]);
+    }
+
+    #[test]
+    fn an_undecodable_endpoint_is_an_error_until_it_is_mended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open(path.to_str().unwrap(), Duration::from_secs(5)).unwrap();
+        let cache = PrefixCache::<Endpoint>::new(keys::ENDPOINTS);
+        put(&store, &ep("a", "1"));
+        assert_eq!(ids(&cache, &store), ["a/1"]);
+        let mut txn = Txn::default();
+        txn.put(keys::endpoint("a", "2"), b"not json".to_vec());
+        store.commit(&txn).unwrap();
+        let err = cache.with_current(&store, |_| ()).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        put(&store, &ep("a", "2"));
+        assert_eq!(ids(&cache, &store), ["a/1", "a/2"]);
+    }
+}
