@@ -235,6 +235,16 @@ impl EndpointDataplane {
         })
     }
 
+    /// A subscription to the kernel's events inside a container's
+    /// namespace (see [`crate::events::Events::container`]), its socket
+    /// made by this dataplane's visitor thread.
+    pub async fn container_events(
+        &self,
+        ns: &NetnsRef,
+    ) -> Result<crate::events::Events, NetnsError> {
+        crate::events::Events::container_via(&*self.visitor()?, ns).await
+    }
+
     /// Reads the kernel for one endpoint.
     pub async fn observe(&self, spec: &EndpointSpec) -> Result<Observed, EndpointError> {
         let c = self.enter(&spec.netns).await?;
