@@ -92,7 +92,8 @@ pub(crate) struct ContainerSide<'a> {
 #[derive(Debug)]
 pub(crate) struct NodeSysctls {
     v4: File,
-    v6: File,
+    /// `None` on a kernel without IPv6 (then only IPv6 writes fail).
+    v6: Option<File>,
 }
 
 impl NodeSysctls {
@@ -100,7 +101,7 @@ impl NodeSysctls {
     pub fn open() -> std::io::Result<NodeSysctls> {
         Ok(NodeSysctls {
             v4: File::open("/proc/sys/net/ipv4/conf")?,
-            v6: File::open("/proc/sys/net/ipv6/conf")?,
+            v6: File::open("/proc/sys/net/ipv6/conf").ok(),
         })
     }
 
@@ -108,7 +109,13 @@ impl NodeSysctls {
     pub fn write(&self, ifname: &str, sysctl: Sysctl, value: &str) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::fd::FromRawFd;
-        let dir = if sysctl.is_ipv6() { &self.v6 } else { &self.v4 };
+        let dir = if sysctl.is_ipv6() {
+            self.v6
+                .as_ref()
+                .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?
+        } else {
+            &self.v4
+        };
         if ifname.contains('/') || ifname.starts_with('.') {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
