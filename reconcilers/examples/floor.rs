@@ -6,8 +6,11 @@
 //! first and the last window, plus the removal medians.
 //!
 //! Measurement only (BENCHMARKS.md's "floor"); runs as root inside test
-//! namespaces it makes and removes (TESTING.md). `FLOOR_BATCH=1` also times
-//! removing the last window in one batch.
+//! namespaces it makes and removes (TESTING.md). Knobs for experiments:
+//! `FLOOR_V4_ONLY=1` gives the endpoints IPv4 addresses only, and
+//! `FLOOR_NODE_SYSCTL=key=value` is set in the node namespace first (e.g.
+//! `net.ipv6.conf.default.disable_ipv6=1`, to see what the host veths' IPv6
+//! state costs).
 //!
 //!     cargo run --release -p reconcilers --example floor
 
@@ -130,17 +133,20 @@ fn main() {
     };
     let n = env("FLOOR_N", 1050);
     let w = env("FLOOR_W", 50);
-    let batch = std::env::var("FLOOR_BATCH").is_ok();
+    let v4_only = std::env::var("FLOOR_V4_ONLY").is_ok();
     tracing::subscriber::set_global_default(Collect).unwrap();
 
     let node = Node::new("floorx", 1);
+    if let Ok(kv) = std::env::var("FLOOR_NODE_SYSCTL") {
+        node.ns.exec_ok(&["sysctl", "-qw", &kv]);
+    }
     let containers: Vec<Container> = (0..n).map(|_| Container::new(&node.ns)).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     // Per container: every event of its ensure.
-    let (per, times, removals, batch_took) = node.ns.run(|| {
+    let (per, times, removals) = node.ns.run(|| {
         rt.block_on(async {
             let dp = EndpointDataplane::new().unwrap();
             let mut per: Vec<Vec<(String, u64)>> = Vec::with_capacity(n);
@@ -153,33 +159,27 @@ fn main() {
                         inode: c.inode(),
                     },
                     ipv4: vec![Ipv4Addr::from(0xc612_0000 + i as u32 + 1)],
-                    ipv6: vec![Ipv6Addr::from(
-                        0x2001_0db8_0001_0000_0000_0000_0000_0000u128 + i as u128 + 1,
-                    )],
+                    ipv6: if v4_only {
+                        vec![]
+                    } else {
+                        vec![Ipv6Addr::from(
+                            0x2001_0db8_0001_0000_0000_0000_0000_0000u128 + i as u128 + 1,
+                        )]
+                    },
                 };
                 let start = Instant::now();
                 dp.ensure(&spec, false).await.unwrap();
                 times.push(start.elapsed());
                 per.push(std::mem::take(&mut *SEEN.lock().unwrap()));
             }
-            let removed = if batch { w } else { 2 * w };
             let mut removals = Vec::with_capacity(w);
-            let first_removed = n - removed;
             for i in (n - w..n).rev() {
                 let start = Instant::now();
                 dp.remove(&format!("floor-{i}"), false).await.unwrap();
                 removals.push(start.elapsed());
             }
-            let batch_took: Option<Duration> = if batch {
-                let _ids: Vec<String> = (first_removed..n - w)
-                    .map(|i| format!("floor-{i}"))
-                    .collect();
-                None
-            } else {
-                None
-            };
             SEEN.lock().unwrap().clear();
-            (per, times, removals, batch_took)
+            (per, times, removals)
         })
     });
 
@@ -217,13 +217,6 @@ fn main() {
         "removal, one by one, median of the last {w}: {:.3} ms",
         med_ms(&removals)
     );
-    if let Some(t) = batch_took {
-        println!(
-            "removal of {w} in one batch: {:.3} ms ({:.3} ms each)",
-            t.as_secs_f64() * 1e3,
-            t.as_secs_f64() * 1e3 / w as f64
-        );
-    }
     // Wait (bounded) until the kernel has torn the node's veths down, so
     // that a next run does not compete with it for the rtnl lock.
     let pids: Vec<u32> = containers.iter().map(|c| c.pid()).collect();
