@@ -128,6 +128,24 @@ impl Events {
         Ok(subscribe(sock))
     }
 
+    /// Like [`Events::container`], with the socket made by `visitor`
+    /// instead of a thread started for it.
+    pub async fn container_via(
+        visitor: &crate::netns::NsVisitor,
+        ns: &NetnsRef,
+    ) -> Result<Events, NetnsError> {
+        let file = open_container(ns)?;
+        let label = format!("pid {}", ns.pid);
+        let sock = visitor
+            .run_in(&file, &label, event_socket)
+            .await?
+            .map_err(|source| NetnsError::Spawn {
+                label: format!("events of pid {}", ns.pid),
+                source,
+            })?;
+        Ok(subscribe(sock))
+    }
+
     /// The next event; `None` when the subscription ended.
     pub async fn next(&mut self) -> Option<KernelEvent> {
         loop {

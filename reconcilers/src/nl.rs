@@ -1,7 +1,7 @@
 //! The thin netlink layer: one rtnetlink connection per namespace, and
 //! request helpers that turn kernel answers into values or errno errors.
 
-use crate::netns::{NetnsError, NsThread};
+use crate::netns::{NetnsError, NsVisitor};
 use futures::StreamExt;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -101,11 +101,15 @@ impl Conn {
         ))
     }
 
-    /// A connection in the namespace of `thread` (the socket is created on
-    /// that thread; a netlink socket stays bound to its creator's namespace).
-    pub async fn in_ns(thread: &NsThread) -> Result<Conn, NlError> {
-        let sock = thread
-            .run(new_socket)
+    /// A connection in the namespace `ns` refers to, its socket made by
+    /// `visitor` while inside it.
+    pub async fn in_ns_via(
+        visitor: &NsVisitor,
+        ns: &std::fs::File,
+        label: &str,
+    ) -> Result<Conn, NlError> {
+        let sock = visitor
+            .run_in(ns, label, new_socket)
             .await
             .map_err(|source| NlError::Namespace { source })?
             .map_err(|source| NlError::Socket { source })?;

@@ -314,7 +314,7 @@ impl Shared {
             pid: ep.netns.pid,
             inode: ep.netns.inode,
         };
-        let mut events = Events::container(&ns).await?;
+        let mut events = self.ctx.dataplane.container_events(&ns).await?;
         let exit = ProcessExit::watch(ns.pid)?;
         let shared = self.clone();
         let id = cid.to_string();

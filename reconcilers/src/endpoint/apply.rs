@@ -4,14 +4,15 @@
 use super::model::*;
 use super::observe::link_by_name;
 use super::plan::MAIN_TABLE;
-use crate::netns::{NetnsError, NsThread};
+use crate::netns::{NetnsError, NsVisitor};
 use crate::nl::Conn;
 use crate::nl::{request, NlError};
 use crate::ROUTE_PROTOCOL;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -74,10 +75,68 @@ pub enum ApplyError {
 pub(crate) struct ContainerSide<'a> {
     /// A connection inside it.
     pub handle: &'a Conn,
-    /// A thread inside it (for sysctls).
-    pub thread: &'a NsThread,
+    /// The thread that visits it (for sysctls).
+    pub visitor: &'a NsVisitor,
+    /// How errors name it.
+    pub label: &'a str,
     /// The namespace file (for creating the veth peer straight inside it).
     pub ns: &'a File,
+}
+
+/// The node's `/proc/sys/net/ipv4/conf` and `/proc/sys/net/ipv6/conf`,
+/// opened once: a sysctl is then written relative to them. A full path
+/// would make the kernel walk `/proc/sys/net` afresh each time, and the
+/// lookup of its per-namespace directories compares against an entry left
+/// by every namespace that ever looked (one per container): the writes
+/// grew from 0.02 to 0.6 ms at 1,000 containers.
+#[derive(Debug)]
+pub(crate) struct NodeSysctls {
+    v4: File,
+    /// `None` on a kernel without IPv6 (then only IPv6 writes fail).
+    v6: Option<File>,
+}
+
+impl NodeSysctls {
+    /// Opens both directories in the calling thread's namespace.
+    pub fn open() -> std::io::Result<NodeSysctls> {
+        Ok(NodeSysctls {
+            v4: File::open("/proc/sys/net/ipv4/conf")?,
+            v6: File::open("/proc/sys/net/ipv6/conf").ok(),
+        })
+    }
+
+    /// Writes `value` to `sysctl` of interface `ifname`.
+    pub fn write(&self, ifname: &str, sysctl: Sysctl, value: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::fd::FromRawFd;
+        let dir = if sysctl.is_ipv6() {
+            self.v6
+                .as_ref()
+                .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?
+        } else {
+            &self.v4
+        };
+        if ifname.contains('/') || ifname.starts_with('.') {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let rel = std::ffi::CString::new(format!("{ifname}/{}", sysctl.key()))
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `dir` is an open directory and `rel` a NUL-terminated
+        // relative path; the returned descriptor is owned by `file` below.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                rel.as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        file.write_all(value.as_bytes())
+    }
 }
 
 /// Executes actions against the node namespace (the caller's) and, when
@@ -85,6 +144,7 @@ pub(crate) struct ContainerSide<'a> {
 /// remembered.
 pub(crate) struct Applier<'a> {
     node: &'a Conn,
+    sysctls: &'a NodeSysctls,
     container: Option<ContainerSide<'a>>,
     host_index: Option<u32>,
     eth0_index: Option<u32>,
@@ -103,9 +163,14 @@ fn family(addr: IpAddr) -> AddressFamily {
 
 impl<'a> Applier<'a> {
     /// An applier for the node namespace and, optionally, a container's.
-    pub fn new(node: &'a Conn, container: Option<ContainerSide<'a>>) -> Self {
+    pub fn new(
+        node: &'a Conn,
+        sysctls: &'a NodeSysctls,
+        container: Option<ContainerSide<'a>>,
+    ) -> Self {
         Applier {
             node,
+            sysctls,
             container,
             host_index: None,
             eth0_index: None,
@@ -238,24 +303,45 @@ impl<'a> Applier<'a> {
             Action::SetSysctl {
                 side,
                 ifname,
+                sysctl: Sysctl::AddrGenMode,
+                value,
+            } => {
+                let index = self.index_of(*side, ifname, a).await?;
+                let mut m = LinkMessage::default();
+                m.header.index = index;
+                let mode = In6AddrGenMode::from(u8::try_from(*value).unwrap_or(u8::MAX));
+                m.attributes
+                    .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                        vec![AfSpecInet6::AddrGenMode(mode)],
+                    )]));
+                let h = match side {
+                    Side::Node => self.node,
+                    Side::Container => self.container(a)?.handle,
+                };
+                self.send(h, a, RouteNetlinkMessage::SetLink(m), CHANGE)
+                    .await
+            }
+            Action::SetSysctl {
+                side,
+                ifname,
                 sysctl,
                 value,
             } => {
-                let path = format!("/proc/sys/{}", sysctl.path(ifname));
                 let value = value.to_string();
                 let res = match side {
-                    // The calling thread is in the node namespace, and
-                    // /proc/sys/net resolves against the caller's.
-                    Side::Node => std::fs::write(&path, value),
-                    Side::Container => self
-                        .container(a)?
-                        .thread
-                        .run(move || std::fs::write(&path, value))
-                        .await
-                        .map_err(|source| ApplyError::Namespace {
-                            action: a.to_string(),
-                            source,
-                        })?,
+                    // Opened in the node namespace: they stay its own.
+                    Side::Node => self.sysctls.write(ifname, *sysctl, &value),
+                    Side::Container => {
+                        let c = self.container(a)?;
+                        let path = format!("/proc/sys/{}", sysctl.path(ifname));
+                        c.visitor
+                            .run_in(c.ns, c.label, move || std::fs::write(&path, value))
+                            .await
+                            .map_err(|source| ApplyError::Namespace {
+                                action: a.to_string(),
+                                source,
+                            })?
+                    }
                 };
                 res.map_err(|source| ApplyError::Sysctl {
                     action: a.to_string(),

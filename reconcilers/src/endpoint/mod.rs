@@ -19,10 +19,10 @@ pub use model::*;
 pub use observe::ObserveError;
 pub use plan::{host_side_matches, is_pair, plan, PlanError, MAIN_TABLE};
 
-use crate::netns::{open_container, NetnsError, NetnsRef, NsThread};
+use crate::netns::{open_container, open_current, NetnsError, NetnsRef, NsVisitor};
 use crate::nl::{request, Conn, NlError};
 use crate::{HOST_IFNAME_PREFIX, ROUTE_PROTOCOL};
-use apply::{Applier, ContainerSide};
+use apply::{Applier, ContainerSide, NodeSysctls};
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::RouteNetlinkMessage;
@@ -151,6 +151,13 @@ pub struct EndpointDataplane {
     /// (Linux ≥ 6.17). Without it, IPv6 between containers needs the node's
     /// `net.ipv6.conf.all.forwarding=1`, which is the operator's to set.
     force_forwarding: bool,
+    /// The node's namespace, home of the visitor thread.
+    home: std::fs::File,
+    /// The thread that enters container namespaces (made again if it
+    /// ever stops).
+    visitor: std::sync::Mutex<Option<std::sync::Arc<NsVisitor>>>,
+    /// The node's `/proc/sys/net/{ipv4,ipv6}/conf` directories.
+    sysctls: NodeSysctls,
 }
 
 fn format_mac(mac: &[u8]) -> String {
@@ -162,7 +169,8 @@ fn format_mac(mac: &[u8]) -> String {
 
 struct ContainerConn {
     ns: std::fs::File,
-    thread: NsThread,
+    visitor: std::sync::Arc<NsVisitor>,
+    label: String,
     conn: Conn,
 }
 
@@ -176,11 +184,28 @@ impl EndpointDataplane {
             .ino();
         let force_forwarding =
             std::path::Path::new("/proc/sys/net/ipv6/conf/all/force_forwarding").exists();
+        let home = open_current().map_err(|source| NlError::Namespace { source })?;
+        let visitor = NsVisitor::spawn(&home).map_err(|source| NlError::Namespace { source })?;
+        let sysctls = NodeSysctls::open().map_err(|source| NlError::Socket { source })?;
         Ok(EndpointDataplane {
             node: Conn::current()?,
             node_inode,
             force_forwarding,
+            home,
+            visitor: std::sync::Mutex::new(Some(std::sync::Arc::new(visitor))),
+            sysctls,
         })
+    }
+
+    /// The visitor thread, started again if it stopped.
+    fn visitor(&self) -> Result<std::sync::Arc<NsVisitor>, NetnsError> {
+        let mut v = self.visitor.lock().expect("visitor lock");
+        if let Some(alive) = v.as_ref().filter(|v| v.is_alive()) {
+            return Ok(alive.clone());
+        }
+        let fresh = std::sync::Arc::new(NsVisitor::spawn(&self.home)?);
+        *v = Some(fresh.clone());
+        Ok(fresh)
     }
 
     async fn enter(&self, ns: &NetnsRef) -> Result<ContainerConn, EndpointError> {
@@ -188,11 +213,13 @@ impl EndpointDataplane {
             return Err(EndpointError::NodeNamespace { pid: ns.pid });
         }
         let file = open_container(ns)?;
-        let thread = NsThread::spawn(&file, format!("pid {}", ns.pid)).await?;
-        let conn = Conn::in_ns(&thread).await?;
+        let visitor = self.visitor()?;
+        let label = format!("pid {}", ns.pid);
+        let conn = Conn::in_ns_via(&visitor, &file, &label).await?;
         Ok(ContainerConn {
             ns: file,
-            thread,
+            visitor,
+            label,
             conn,
         })
     }
@@ -217,6 +244,16 @@ impl EndpointDataplane {
         })
     }
 
+    /// A subscription to the kernel's events inside a container's
+    /// namespace (see [`crate::events::Events::container`]), its socket
+    /// made by this dataplane's visitor thread.
+    pub async fn container_events(
+        &self,
+        ns: &NetnsRef,
+    ) -> Result<crate::events::Events, NetnsError> {
+        crate::events::Events::container_via(&*self.visitor()?, ns).await
+    }
+
     /// Reads the kernel for one endpoint.
     pub async fn observe(&self, spec: &EndpointSpec) -> Result<Observed, EndpointError> {
         let c = self.enter(&spec.netns).await?;
@@ -231,8 +268,18 @@ impl EndpointDataplane {
         spec: &EndpointSpec,
         dry_run: bool,
     ) -> Result<Ensured, EndpointError> {
+        let started = std::time::Instant::now();
         let c = self.enter(&spec.netns).await?;
+        tracing::trace!(
+            stage = "enter",
+            took_us = started.elapsed().as_micros() as u64
+        );
+        let started = std::time::Instant::now();
         let observed = self.observe_with(spec, &c).await?;
+        tracing::trace!(
+            stage = "observe",
+            took_us = started.elapsed().as_micros() as u64
+        );
         let actions = plan(spec, &observed)?;
         let mut ensured = Ensured {
             actions,
@@ -249,13 +296,19 @@ impl EndpointDataplane {
         }
         let side = ContainerSide {
             handle: &c.conn,
-            thread: &c.thread,
+            visitor: &c.visitor,
+            label: &c.label,
             ns: &c.ns,
         };
-        Applier::new(&self.node, Some(side))
+        Applier::new(&self.node, &self.sysctls, Some(side))
             .apply_all(&ensured.actions)
             .await?;
+        let started = std::time::Instant::now();
         let after = self.observe_with(spec, &c).await?;
+        tracing::trace!(
+            stage = "verify",
+            took_us = started.elapsed().as_micros() as u64
+        );
         let remaining = plan(spec, &after)?;
         if !remaining.is_empty() {
             return Err(EndpointError::NotConverged { remaining });
@@ -299,7 +352,9 @@ impl EndpointDataplane {
 
     /// Applies node-side actions only (deleting stray links and routes).
     pub async fn apply_node(&self, actions: &[Action]) -> Result<(), EndpointError> {
-        Applier::new(&self.node, None).apply_all(actions).await?;
+        Applier::new(&self.node, &self.sysctls, None)
+            .apply_all(actions)
+            .await?;
         Ok(())
     }
 

@@ -67,19 +67,39 @@ pub enum Sysctl {
     Ipv6ForceForwarding,
     /// `net/ipv6/conf/<if>/accept_dad`.
     AcceptDad,
+    /// `net/ipv6/conf/<if>/addr_gen_mode`; 1 (none): the kernel makes no
+    /// address of its own on the link, so no address there ever waits for
+    /// duplicate address detection. Set through netlink
+    /// (`IFLA_INET6_ADDR_GEN_MODE`), not `/proc`.
+    AddrGenMode,
 }
 
 impl Sysctl {
     /// The path under `/proc/sys` for interface `ifname`.
     pub fn path(self, ifname: &str) -> String {
-        let (fam, key) = match self {
+        let (fam, key) = self.family_and_key();
+        format!("net/{fam}/conf/{ifname}/{key}")
+    }
+
+    /// True for the `net/ipv6/conf` ones.
+    pub fn is_ipv6(self) -> bool {
+        self.family_and_key().0 == "ipv6"
+    }
+
+    /// The file name under `net/<family>/conf/<interface>/`.
+    pub fn key(self) -> &'static str {
+        self.family_and_key().1
+    }
+
+    fn family_and_key(self) -> (&'static str, &'static str) {
+        match self {
             Self::Ipv4Forwarding => ("ipv4", "forwarding"),
             Self::ProxyArp => ("ipv4", "proxy_arp"),
             Self::Ipv6Forwarding => ("ipv6", "forwarding"),
             Self::Ipv6ForceForwarding => ("ipv6", "force_forwarding"),
             Self::AcceptDad => ("ipv6", "accept_dad"),
-        };
-        format!("net/{fam}/conf/{ifname}/{key}")
+            Self::AddrGenMode => ("ipv6", "addr_gen_mode"),
+        }
     }
 }
 

@@ -138,6 +138,7 @@ pub(crate) fn link_facts(msg: &LinkMessage) -> LinkFacts {
                                 if let AfSpecInet6::DevConf(c) = c {
                                     f.sysctls.insert(Sysctl::Ipv6Forwarding, c.forwarding);
                                     f.sysctls.insert(Sysctl::AcceptDad, c.accept_dad);
+                                    f.sysctls.insert(Sysctl::AddrGenMode, c.addr_gen_mode);
                                     f.sysctls
                                         .insert(Sysctl::Ipv6ForceForwarding, c.force_forwarding);
                                 }
@@ -383,21 +384,49 @@ async fn container_addresses(h: &Conn, eth0: u32) -> Result<Vec<(IpAddr, u8)>, N
         .collect())
 }
 
+/// The answers about one gateway neighbour on `eth0`: a get of exactly that
+/// entry (kernels ≥ 5.0). A dump would walk the kernel's neighbour table,
+/// which is one table for every namespace of the host (two entries per
+/// container), filtering as it goes: it grew with the node. Older kernels
+/// (no such get) fall back to the dump.
+async fn neighbour_answers(
+    h: &Conn,
+    eth0: u32,
+    which: ContainerNeighbour,
+) -> Result<Vec<RouteNetlinkMessage>, NlError> {
+    let fam = match which.ip() {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = fam;
+    msg.header.ifindex = eth0;
+    msg.attributes
+        .push(NeighbourAttribute::Destination(match which.ip() {
+            IpAddr::V4(v) => NeighbourAddress::Inet(v),
+            IpAddr::V6(v) => NeighbourAddress::Inet6(v),
+        }));
+    match request(h, RouteNetlinkMessage::GetNeighbour(msg), NLM_F_REQUEST).await {
+        Ok(answers) => return Ok(answers),
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(vec![]),
+        Err(e) if matches!(e.errno(), Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) => {}
+        Err(e) => return Err(e),
+    }
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = fam;
+    msg.attributes.push(NeighbourAttribute::IfIndex(eth0));
+    request(
+        h,
+        RouteNetlinkMessage::GetNeighbour(msg),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )
+    .await
+}
+
 async fn container_neighbours(h: &Conn, eth0: u32) -> Result<Vec<ContainerNeighbour>, NlError> {
     let mut out = Vec::new();
-    for (fam, which) in [
-        (AddressFamily::Inet, ContainerNeighbour::GatewayV4),
-        (AddressFamily::Inet6, ContainerNeighbour::GatewayV6),
-    ] {
-        let mut msg = NeighbourMessage::default();
-        msg.header.family = fam;
-        msg.attributes.push(NeighbourAttribute::IfIndex(eth0));
-        let answers = request(
-            h,
-            RouteNetlinkMessage::GetNeighbour(msg),
-            NLM_F_REQUEST | NLM_F_DUMP,
-        )
-        .await?;
+    for which in [ContainerNeighbour::GatewayV4, ContainerNeighbour::GatewayV6] {
+        let answers = neighbour_answers(h, eth0, which).await?;
         let found = answers.iter().any(|m| {
             let RouteNetlinkMessage::NewNeighbour(n) = m else {
                 return false;

@@ -55,11 +55,22 @@ fn host_sysctls(spec: &EndpointSpec, force_forwarding: bool) -> Vec<(Sysctl, i32
 }
 
 /// The sysctls wanted on the container's eth0.
+///
+/// No kernel-made link-local address on eth0 (`addr_gen_mode` none, set
+/// before it goes up), instead of `accept_dad=0` written through
+/// `/proc/sys`: nothing on eth0 can then wait for duplicate address
+/// detection (its own addresses are added with `nodad`), and it is one
+/// netlink request. Writing under a fresh namespace's `/proc/sys/net`
+/// costs a walk past an entry of every other namespace on the host (0.2 ms
+/// on an empty node, 0.6–6 ms at 1,000 containers). The container needs no
+/// link-local address of its own: it reaches its gateway through the
+/// permanent neighbour entry and answers the host's solicitations from its
+/// own addresses.
 fn container_sysctls(spec: &EndpointSpec) -> Vec<(Sysctl, i32)> {
     if spec.ipv6.is_empty() {
         vec![]
     } else {
-        vec![(Sysctl::AcceptDad, 0)]
+        vec![(Sysctl::AddrGenMode, 1)]
     }
 }
 

@@ -92,7 +92,7 @@ fn converged(s: &EndpointSpec, force_forwarding: bool) -> Observed {
         if force_forwarding {
             host_sysctls.insert(Sysctl::Ipv6ForceForwarding, 1);
         }
-        eth0_sysctls.insert(Sysctl::AcceptDad, 0);
+        eth0_sysctls.insert(Sysctl::AddrGenMode, 1);
     }
     let mut routes = vec![];
     let mut neighbours = vec![];
@@ -348,7 +348,7 @@ fn cases() -> Vec<Case> {
                 node_sysctl(Sysctl::AcceptDad, 0),
                 node_sysctl(Sysctl::Ipv6Forwarding, 1),
                 up_host(),
-                eth0_sysctl(Sysctl::AcceptDad, 0),
+                eth0_sysctl(Sysctl::AddrGenMode, 1),
                 up_eth0(),
                 up_lo(),
                 add_addr(ip6(1)),
@@ -369,7 +369,7 @@ fn cases() -> Vec<Case> {
                 node_sysctl(Sysctl::Ipv6Forwarding, 1),
                 node_sysctl(Sysctl::Ipv6ForceForwarding, 1),
                 up_host(),
-                eth0_sysctl(Sysctl::AcceptDad, 0),
+                eth0_sysctl(Sysctl::AddrGenMode, 1),
                 up_eth0(),
                 up_lo(),
                 add_addr(ip4(1)),
@@ -396,7 +396,7 @@ fn cases() -> Vec<Case> {
                 node_sysctl(Sysctl::AcceptDad, 0),
                 node_sysctl(Sysctl::Ipv6Forwarding, 1),
                 up_host(),
-                eth0_sysctl(Sysctl::AcceptDad, 0),
+                eth0_sysctl(Sysctl::AddrGenMode, 1),
                 up_eth0(),
                 up_lo(),
                 add_addr(ip4(1)),
@@ -489,7 +489,7 @@ fn cases() -> Vec<Case> {
                 ] {
                     host_link(o).sysctls.insert(k, v);
                 }
-                eth0(o).sysctls.insert(Sysctl::AcceptDad, 1);
+                eth0(o).sysctls.insert(Sysctl::AddrGenMode, 0);
             }),
             Ok(vec![]),
         ),
@@ -579,12 +579,12 @@ fn cases() -> Vec<Case> {
             Ok(vec![node_sysctl(Sysctl::AcceptDad, 0)]),
         ),
         case(
-            "DAD back on at the up eth0, IPv6 only",
+            "the kernel's own addresses back on at the up eth0, IPv6 only",
             s6.clone(),
             with(&s6, false, |o| {
-                eth0(o).sysctls.insert(Sysctl::AcceptDad, 1);
+                eth0(o).sysctls.insert(Sysctl::AddrGenMode, 0);
             }),
-            Ok(vec![eth0_sysctl(Sysctl::AcceptDad, 0)]),
+            Ok(vec![eth0_sysctl(Sysctl::AddrGenMode, 1)]),
         ),
         case(
             "the kernel gained force_forwarding: only that sysctl",
@@ -603,14 +603,14 @@ fn cases() -> Vec<Case> {
             Ok(vec![node_sysctl(Sysctl::AcceptDad, 0), up_host()]),
         ),
         case(
-            "eth0 down with DAD on, dual stack: sysctl before up",
+            "eth0 down with its own addresses on, dual stack: mode before up",
             sd.clone(),
             with(&sd, false, |o| {
                 let e = eth0(o);
                 e.up = false;
-                e.sysctls.remove(&Sysctl::AcceptDad);
+                e.sysctls.remove(&Sysctl::AddrGenMode);
             }),
-            Ok(vec![eth0_sysctl(Sysctl::AcceptDad, 0), up_eth0()]),
+            Ok(vec![eth0_sysctl(Sysctl::AddrGenMode, 1), up_eth0()]),
         ),
         case(
             "a container address missing",
@@ -1187,8 +1187,11 @@ impl Kernel {
                     }
                 };
                 // Not a kernel error, the planner's promise: a link whose
-                // IPv6 addresses matter goes up with DAD already off.
-                if wants_ipv6 && !*up && sysctls.get(&Sysctl::AcceptDad) != Some(&0) {
+                // IPv6 addresses matter goes up with DAD already off, or
+                // with no address of the kernel's own that could wait on it.
+                let dad_off = sysctls.get(&Sysctl::AcceptDad) == Some(&0)
+                    || sysctls.get(&Sysctl::AddrGenMode) == Some(&1);
+                if wants_ipv6 && !*up && !dad_off {
                     return Err(format!("{ifname} ({side}) brought up with DAD on"));
                 }
                 *up = true;
@@ -1295,7 +1298,7 @@ fn the_model_refuses_a_plan_in_the_wrong_order() {
     let up = actions.iter().position(|a| *a == up_eth0()).unwrap();
     let dad = actions
         .iter()
-        .position(|a| *a == eth0_sysctl(Sysctl::AcceptDad, 0))
+        .position(|a| *a == eth0_sysctl(Sysctl::AddrGenMode, 1))
         .unwrap();
     actions.swap(up, dad);
     let mut k = Kernel::new(&nothing(false), &s);
@@ -1360,6 +1363,7 @@ fn arb_sysctls() -> impl Strategy<Value = BTreeMap<Sysctl, i32>> {
             Sysctl::Ipv6Forwarding,
             Sysctl::Ipv6ForceForwarding,
             Sysctl::AcceptDad,
+            Sysctl::AddrGenMode,
         ]),
         0..=2i32,
         0..=5,
@@ -1592,6 +1596,7 @@ fn arb_drift() -> impl Strategy<Value = Drift> {
         Sysctl::Ipv6Forwarding,
         Sysctl::Ipv6ForceForwarding,
         Sysctl::AcceptDad,
+        Sysctl::AddrGenMode,
     ]);
     let value = prop::option::of(0..=1i32);
     let addr = prop::sample::select(pool());
