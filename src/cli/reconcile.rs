@@ -28,7 +28,7 @@ pub fn run(config: &Config, store: Arc<dyn Store>, dry_run: bool) -> anyhow::Res
         .enable_all()
         .build()?;
     let pass = runtime.block_on(async {
-        let ctx = NodeContext::open(config, store.clone()).await?;
+        let ctx = std::sync::Arc::new(NodeContext::open(config, store.clone()).await?);
         if !dry_run {
             node::register(store.as_ref(), &config.nodename, &ctx.node_addresses)?;
         }

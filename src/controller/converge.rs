@@ -74,7 +74,7 @@ fn inline(
         .build()
         .map_err(anyhow::Error::from)?;
     runtime.block_on(async {
-        let ctx = NodeContext::open(config, store.clone()).await?;
+        let ctx = Arc::new(NodeContext::open(config, store.clone()).await?);
         match tokio::time::timeout(timeout, reconcile_endpoint(&ctx, container_id, false)).await {
             Ok(result) => result.map(drop).map_err(ConvergeError::Other),
             Err(_) => Err(ConvergeError::Timeout(timeout)),

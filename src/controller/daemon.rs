@@ -66,7 +66,7 @@ type Triggers = mpsc::Sender<Trigger<Work>>;
 
 /// State shared by the daemon's tasks.
 struct Shared {
-    ctx: NodeContext,
+    ctx: Arc<NodeContext>,
     index: OwnerIndex,
     /// Container ids with a live watcher, and the namespace it watches.
     watchers: Mutex<HashMap<String, (NetnsId, AbortHandle)>>,
@@ -104,7 +104,7 @@ pub async fn run(
 
     let (tx, rx) = mpsc::channel::<Trigger<Work>>(16_384);
     let shared = Arc::new(Shared {
-        ctx: NodeContext::open(config, store.clone()).await?,
+        ctx: Arc::new(NodeContext::open(config, store.clone()).await?),
         index: OwnerIndex::default(),
         watchers: Mutex::new(HashMap::new()),
         triggers: tx.downgrade(),

@@ -216,7 +216,7 @@ pub fn spec_of(ep: &Endpoint) -> EndpointSpec {
 /// Errors are store failures (worth a retry); dataplane failures are an
 /// [`Outcome::Failed`] with the status written.
 pub async fn reconcile_endpoint(
-    ctx: &NodeContext,
+    ctx: &Arc<NodeContext>,
     container_id: &str,
     dry_run: bool,
 ) -> anyhow::Result<Outcome> {
@@ -238,15 +238,20 @@ pub async fn reconcile_endpoint(
     // `cali*` interface it does not know, so it can be brought in while
     // the veth is made: the isolate waits for the slower of the two, not
     // for both one after the other.
-    let admitted = async {
-        if new_intent && ctx.policy.is_some() {
-            admit_to_policy(ctx, &ep.value, dry_run).await
-        } else {
-            Ok(())
-        }
+    // It runs as a task of its own, so its rendering (CPU) and the veth's
+    // netlink requests (kernel) use both cores.
+    let admitting = (new_intent && ctx.policy.is_some()).then(|| {
+        let (ctx, ep) = (ctx.clone(), ep.value.clone());
+        tokio::spawn(async move { admit_to_policy(&ctx, &ep, dry_run).await })
+    });
+    let dataplane = ctx.dataplane.ensure(&spec_of(&ep.value), dry_run).await;
+    let admitted = match admitting {
+        Some(task) => match task.await {
+            Ok(result) => result,
+            Err(e) => Err(anyhow::anyhow!("the policy task failed: {e}")),
+        },
+        None => Ok(()),
     };
-    let spec = spec_of(&ep.value);
-    let (dataplane, admitted) = futures::join!(ctx.dataplane.ensure(&spec, dry_run), admitted);
     let ensured = match dataplane {
         Ok(done) => match admitted {
             Ok(()) => Ok(done),
@@ -330,7 +335,7 @@ fn write_if_changed(
 }
 
 async fn orphaned(
-    ctx: &NodeContext,
+    ctx: &Arc<NodeContext>,
     ep: &Versioned<Endpoint>,
     status: Option<EndpointStatus>,
     why: &EndpointError,
@@ -374,7 +379,7 @@ async fn orphaned(
 /// Removes the dataplane, releases the addresses the endpoint's holders
 /// still hold, and deletes the record (guarded by its revision).
 async fn remove(
-    ctx: &NodeContext,
+    ctx: &Arc<NodeContext>,
     ep: &Versioned<Endpoint>,
     dry_run: bool,
     collected: bool,
@@ -385,17 +390,18 @@ async fn remove(
     // traffic dropped, so neither order opens anything. An orphan's record
     // goes first, then its policy (below). A failure here is repaired by
     // the policy's own reconcile: chains for a gone interface match nothing.
-    let policy_first = async {
-        if !collected {
-            if let Err(e) = reconcile_policy(ctx, dry_run).await {
-                tracing::warn!(container = %ep.value.container_id, error = %format!("{e:#}"), "policy not updated before removal");
+    let policy = (!collected).then(|| {
+        let (ctx, cid) = (ctx.clone(), ep.value.container_id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = reconcile_policy(&ctx, dry_run).await {
+                tracing::warn!(container = %cid, error = %format!("{e:#}"), "policy not updated before removal");
             }
-        }
-    };
-    let ((), removed) = futures::join!(
-        policy_first,
-        ctx.dataplane.remove(&ep.value.container_id, dry_run)
-    );
+        })
+    });
+    let removed = ctx.dataplane.remove(&ep.value.container_id, dry_run).await;
+    if let Some(task) = policy {
+        let _ = task.await; // its failure was logged; the policy's own runs repair it
+    }
     let actions = match removed {
         Ok(actions) => actions,
         Err(e) => {
@@ -545,7 +551,7 @@ impl Pass {
 /// Reconciles every endpoint of the node once, `concurrency` at a time:
 /// what `calico-mesos reconcile` runs at boot and after an outage.
 pub async fn full_pass(
-    ctx: &NodeContext,
+    ctx: &Arc<NodeContext>,
     dry_run: bool,
     concurrency: usize,
 ) -> anyhow::Result<Pass> {
