@@ -17,19 +17,17 @@
 //! dataplane`; `cargo test --benches` runs a quick version. Numbers are
 //! reported, never asserted.
 
+mod common;
+
 use calico_mesos::ipam::{self, Request};
 use calico_mesos::store::sqlite::SqliteStore;
-use std::fs::File;
-use std::io::Write;
+use common::{in_netns, median, ms, p99, teardown, timed, wait_no_eth0, window, Daemon, BIN};
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use testsupport::{Container, Netns, Node};
 
-const BIN: &str = env!("CARGO_BIN_EXE_calico-mesos");
 const PTP: &str = "/usr/lib/cni/ptp";
 
 /// A store and the environment of every process of one agent.
@@ -78,6 +76,15 @@ impl Env {
             .env("CALICO_MESOS_POLICY", self.policy);
         cmd
     }
+
+    /// Starts this agent's daemon in `node` with `extra` environment.
+    fn daemon(&self, node: &Netns, extra: &[(&str, &str)]) -> Daemon {
+        let mut cmd = self.command(node);
+        cmd.arg("daemon")
+            .envs(extra.iter().copied())
+            .stderr(Stdio::null());
+        Daemon::start(cmd, &self.dir.path().join("run/daemon.sock"))
+    }
 }
 
 fn self_store(dir: &Path) -> SqliteStore {
@@ -86,63 +93,6 @@ fn self_store(dir: &Path) -> SqliteStore {
         Duration::from_secs(5),
     )
     .unwrap()
-}
-
-/// `program`, run inside `node`'s network namespace (setns before exec).
-fn in_netns(program: &str, node: &Netns) -> Command {
-    let ns = File::open(node.path()).unwrap();
-    let mut cmd = Command::new(program);
-    // SAFETY: between fork and exec we only call setns(2), which is
-    // async-signal-safe; `ns` stays open in the parent until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
-}
-
-/// Runs `cmd` with `input`, returns (elapsed, stdout); panics on failure.
-fn timed(mut cmd: Command, input: &str) -> (Duration, String) {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let took = start.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (took, stdout)
-}
-
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn p99(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[(v.len() * 99 / 100).min(v.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 fn allocate(store: &SqliteStore, uid: &str) -> (IpAddr, IpAddr) {
@@ -170,55 +120,6 @@ fn cleanup_json(id: &str) -> String {
     format!(r#"{{"command":"cleanup","args":{{"hostname":"bench","container_id":"{id}"}}}}"#)
 }
 
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(env: &Env, node: &Netns, extra: &[(&str, &str)]) -> Daemon {
-        let mut cmd = env.command(node);
-        cmd.arg("daemon")
-            .envs(extra.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let d = Daemon(cmd.spawn().unwrap());
-        let socket = env.dir.path().join("run/daemon.sock");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "daemon did not start");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        d
-    }
-
-    /// User + system CPU time of the daemon so far.
-    fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Duration::from_micros(ticks * 1_000_000 / hz)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signals our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One calico-mesos run: isolate `n` containers one by one on a fresh node;
 /// returns (node, env, containers with ids, isolate latencies).
 struct Fleet {
@@ -235,7 +136,7 @@ fn fill(
 ) -> (Fleet, Vec<Duration>, Option<Daemon>) {
     let env = Env::new(policy);
     let node = Node::new(tag, 1);
-    let daemon = with_daemon.then(|| Daemon::start(&env, &node.ns, &[]));
+    let daemon = with_daemon.then(|| env.daemon(&node.ns, &[]));
     let store = env.store();
     let mut times = Vec::with_capacity(n);
     let mut containers = Vec::with_capacity(n);
@@ -315,10 +216,6 @@ fn cni(node: &Netns, command: &str, id: &str, c: &Container) -> Command {
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/usr/lib/cni");
     cmd
-}
-
-fn window(times: &[Duration], from: usize, len: usize) -> Duration {
-    median(&times[from.min(times.len() - 1)..(from + len).min(times.len())])
 }
 
 /// Deletes the host veth `name` in `node` and returns the time from the
@@ -426,47 +323,6 @@ fn fill_floor(
         })
     });
     (node, containers, times, removals)
-}
-
-/// Destroys a node namespace and waits (bounded) until the kernel has
-/// deleted every veth in it, seen from the containers (their `eth0` goes
-/// with the host side); then kills the containers. The next phase then
-/// never competes with an asynchronous namespace teardown for the kernel's
-/// rtnl lock. Returns how long the teardown took.
-fn teardown<C>(node: Node, containers: Vec<C>, pid: impl Fn(&C) -> u32) -> Duration {
-    let pids: Vec<u32> = containers.iter().map(&pid).collect();
-    drop(node);
-    let took = wait_no_eth0(&pids, Duration::from_secs(300));
-    drop(containers);
-    took
-}
-
-/// Polls every container's namespace until none has an `eth0`.
-fn wait_no_eth0(pids: &[u32], limit: Duration) -> Duration {
-    let start = Instant::now();
-    let pids = pids.to_vec();
-    std::thread::spawn(move || {
-        let eth0 = std::ffi::CString::new("eth0").unwrap();
-        let mut left = pids;
-        while !left.is_empty() {
-            assert!(start.elapsed() < limit, "teardown not done after {limit:?}");
-            left.retain(|pid| {
-                let Ok(ns) = File::open(format!("/proc/{pid}/ns/net")) else {
-                    return false;
-                };
-                // SAFETY: this helper thread only runs this loop; moving
-                // it between namespaces affects nothing else.
-                unsafe {
-                    libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0
-                        && libc::if_nametoindex(eth0.as_ptr()) != 0
-                }
-            });
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        start.elapsed()
-    })
-    .join()
-    .unwrap()
 }
 
 fn main() {
@@ -605,11 +461,9 @@ fn main() {
 
     // One resync with no drift: the daemon's CPU across a full pass.
     drop(daemon);
-    let daemon = Daemon::start(
-        &fleet.env,
-        &fleet.node.ns,
-        &[("CALICO_MESOS_RESYNC_INTERVAL", "2s")],
-    );
+    let daemon = fleet
+        .env
+        .daemon(&fleet.node.ns, &[("CALICO_MESOS_RESYNC_INTERVAL", "2s")]);
     std::thread::sleep(Duration::from_millis(1000)); // the start-up pass
     let before = daemon.cpu();
     std::thread::sleep(Duration::from_millis(2000)); // one periodic pass

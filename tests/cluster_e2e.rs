@@ -29,13 +29,11 @@ fn reaches(from: &common::agent::Launched, to: &common::agent::Launched) -> bool
 /// node at the switch's fabric address; the test pools added.
 fn cluster_on_etcd(tag: &str, count: u8) -> (Cluster, Etcd) {
     let fabric_probe = Cluster::new(tag, count, &[]);
-    let etcd = Etcd::builder()
-        .netns(fabric_probe.fabric.switch.name(), GATEWAY_V4.into())
-        .start();
+    let etcd = fabric_probe.fabric.start_etcd();
     let cluster = fabric_probe.with_env(&[
         (
             "CALICO_MESOS_DATASTORE",
-            &format!("etcd://{GATEWAY_V4}:2379"),
+            &format!("etcd://{}", etcd.host_port()),
         ),
         ("CALICO_MESOS_STORE_TIMEOUT", "2s"),
     ]);

@@ -6,6 +6,7 @@
 //! A graceful stop finishes the reconciles in progress and leaves the
 //! dataplane in place.
 
+use super::fabric::FabricView;
 use super::freshness::Freshness;
 use super::index::OwnerIndex;
 use super::kick::{self, KickReply, KickRequest};
@@ -17,6 +18,7 @@ use super::reconcile::{
 use super::runner::{self, Trigger};
 use crate::config::Config;
 use crate::endpoint::{self, Endpoint, NetnsId};
+use crate::ipam::Block;
 use crate::node;
 use crate::store::{self, keys, Change, Store, StoreError};
 use anyhow::Context as _;
@@ -76,9 +78,11 @@ struct Shared {
     fresh: Freshness,
     /// Resyncs so far.
     resyncs: std::sync::atomic::AtomicU64,
-    /// Node affinity of every block seen in store changes, so that only a
-    /// new or moved block (not an allocation) re-runs the fabric routes.
-    block_affinity: Mutex<HashMap<String, String>>,
+    /// What tells which store changes can move the fabric routes (blocks'
+    /// nodes, other nodes' endpoints with borrowed addresses); `None` until
+    /// read (or when it could not be read after a relist): then every
+    /// block and endpoint change counts.
+    fabric_view: Mutex<Option<FabricView>>,
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -111,7 +115,7 @@ pub async fn run(
         started_ms: endpoint::now_ms(),
         fresh: Freshness::default(),
         resyncs: Default::default(),
-        block_affinity: Mutex::new(HashMap::new()),
+        fabric_view: Mutex::new(None),
     });
     let runner = tokio::spawn(runner::run(rx, CONCURRENCY, {
         let shared = shared.clone();
@@ -144,6 +148,8 @@ pub async fn run(
         },
     )?;
     let revision = store.revision()?;
+    // Read after the revision: later changes reach it through the watch.
+    shared.read_fabric_view();
     shared.resync(&tx).await?;
     tracing::info!(node = %config.nodename, socket = %socket.display(), "daemon started");
     tasks.spawn(accept(listener, shared.clone(), tx.clone()));
@@ -422,6 +428,19 @@ impl Shared {
         Ok(())
     }
 
+    /// (Re)reads the [`FabricView`] from the store; on failure it is
+    /// forgotten, so that every change counts until the next relist.
+    fn read_fabric_view(&self) {
+        let view = match FabricView::read(self.ctx.store.as_ref(), &self.ctx.node) {
+            Ok(view) => Some(view),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list blocks and endpoints; every change re-runs the routes to other nodes");
+                None
+            }
+        };
+        *self.fabric_view.lock().expect("fabric view lock") = view;
+    }
+
     fn record_pass(&self, endpoints: usize) {
         let store = self.ctx.store.as_ref();
         let failed = endpoint::list_statuses(store, &self.ctx.node)
@@ -550,6 +569,7 @@ async fn watch_store(shared: Arc<Shared>, tx: Triggers, mut revision: store::Rev
                         continue;
                     }
                 }
+                shared.read_fabric_view();
                 if let Err(e) = shared.resync(&tx).await {
                     tracing::warn!(error = %format!("{e:#}"), "resync failed");
                 }
@@ -623,28 +643,36 @@ async fn watch_store(shared: Arc<Shared>, tx: Triggers, mut revision: store::Rev
 }
 
 /// Whether a store change may move this node's routes to other nodes: a
-/// node's record, another node's endpoint (its address may be borrowed),
-/// or a block whose node affinity is new or changed (allocations inside a
-/// block do not move routes).
+/// node's record, a block whose node affinity is new or changed
+/// (allocations inside a block do not move routes), or another node's
+/// endpoint that holds, or held, an address borrowed from a block not
+/// affine to its node (one with an address in its own node's blocks is
+/// covered by that block's route). Without a [`FabricView`], every block
+/// and other node's endpoint counts.
 fn affects_fabric(shared: &Shared, key: &str, value: Option<&store::KeyValue>) -> bool {
     if key.starts_with(keys::NODES) {
         return true;
     }
-    if key.starts_with(keys::ENDPOINTS) {
-        return !key.starts_with(&keys::endpoints_of(&shared.ctx.node));
-    }
-    if !key.starts_with(keys::BLOCKS) {
+    let is_block = key.starts_with(keys::BLOCKS);
+    let is_other_endpoint =
+        key.starts_with(keys::ENDPOINTS) && !key.starts_with(&keys::endpoints_of(&shared.ctx.node));
+    if !is_block && !is_other_endpoint {
         return false;
     }
-    let affinity = value
-        .and_then(|kv| store::decode::<crate::ipam::Block>(kv).ok())
-        .and_then(|b| b.affinity);
-    let mut known = shared.block_affinity.lock().expect("block affinity lock");
-    let before = match &affinity {
-        Some(node) => known.insert(key.to_string(), node.clone()),
-        None => known.remove(key),
+    let mut view = shared.fabric_view.lock().expect("fabric view lock");
+    let Some(view) = view.as_mut() else {
+        return true;
     };
-    before != affinity
+    match (is_block, value) {
+        (true, value) => view.block_changed(
+            key,
+            value
+                .and_then(|kv| store::decode::<Block>(kv).ok())
+                .as_ref(),
+        ),
+        (false, Some(kv)) => view.endpoint_put(key, store::decode::<Endpoint>(kv).ok().as_ref()),
+        (false, None) => view.endpoint_deleted(key),
+    }
 }
 
 /// Follows nftables commits in the node namespace: a commit made by anyone

@@ -240,18 +240,31 @@ fn pick(
     let want = count as usize;
 
     // 1. Blocks this node already claimed that have room (including one a
-    // reservation of this same request just claimed).
+    // reservation of this same request just claimed). Every indexed block
+    // has room for one more, so the first `want` entries usually suffice:
+    // the rest is read only when they do not (one store round trip less
+    // for almost every request, which matters on etcd).
     let own = keys::free_blocks_of(request.node, v4);
-    let mut listed = store.list(&own, Some(want))?;
-    if listed.len() == want {
-        listed = store.list(&own, None)?;
-    }
+    let first = store.list(&own, Some(want))?;
+    let more = first.len() == want;
     let mut candidates = draft.affine_blocks(request.node, v4);
-    candidates.extend(listed.iter().map(|index| block_key_of_index(&index.key)));
-    for key in candidates {
-        fill(draft, &key, &is_usable, request.uid, want, &mut got)?;
+    candidates.extend(first.iter().map(|index| block_key_of_index(&index.key)));
+    for key in &candidates {
+        fill(draft, key, &is_usable, request.uid, want, &mut got)?;
         if got.len() == want {
             return Ok(got);
+        }
+    }
+    if more {
+        for index in store.list(&own, None)? {
+            let key = block_key_of_index(&index.key);
+            if candidates.contains(&key) {
+                continue;
+            }
+            fill(draft, &key, &is_usable, request.uid, want, &mut got)?;
+            if got.len() == want {
+                return Ok(got);
+            }
         }
     }
 

@@ -124,6 +124,12 @@ pub(crate) fn with_retries<T>(
     match (|| attempt())
         .retry(policy)
         .when(|e| matches!(e, IpamError::Conflict))
+        .notify(|_, pause| {
+            tracing::debug!(
+                pause_us = pause.as_micros() as u64,
+                "store conflict (another writer changed what was read); retrying"
+            )
+        })
         .call()
     {
         Err(IpamError::Conflict) => Err(IpamError::TooBusy),

@@ -29,11 +29,7 @@ impl Cluster {
     /// packets, as a Calico host must.
     pub fn new(tag: &str, count: u8, env: &[(&str, &str)]) -> Cluster {
         let fabric = Fabric::new(tag, count);
-        for node in &fabric.nodes {
-            node.ns.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-            node.ns
-                .exec_ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-        }
+        fabric.enable_forwarding();
         let dir = tempfile::Builder::new()
             .prefix("calico-mesos-cluster-test-")
             .tempdir()

@@ -1,6 +1,7 @@
 //! [`Fabric`]: several simulated agents ("nodes") on one L2 segment, the
 //! topology the fabric routes between nodes are made for (TESTING.md rule 2).
 
+use crate::etcd::Etcd;
 use crate::netns::Netns;
 use crate::node::{GATEWAY_V4, GATEWAY_V6};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -146,5 +147,25 @@ impl Fabric {
     /// Node number `x` (1-based).
     pub fn node(&self, x: u8) -> &FabricNode {
         &self.nodes[x as usize - 1]
+    }
+
+    /// Turns IPv4 and IPv6 forwarding on in every node, as a Calico host
+    /// needs: a container's packet to another node passes through both
+    /// nodes. (The switch keeps forwarding off.)
+    pub fn enable_forwarding(&self) {
+        for node in &self.nodes {
+            node.ns.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+            node.ns
+                .exec_ok(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        }
+    }
+
+    /// Starts an etcd inside the switch namespace, listening on
+    /// [`GATEWAY_V4`]`:2379`, which every node reaches over the fabric (as
+    /// agents reach their cluster's etcd). Drop it before the fabric.
+    pub fn start_etcd(&self) -> Etcd {
+        Etcd::builder()
+            .netns(self.switch.name(), GATEWAY_V4.into())
+            .start()
     }
 }
