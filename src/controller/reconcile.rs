@@ -470,10 +470,13 @@ fn addresses(ep: &Endpoint) -> Vec<IpAddr> {
 /// every link seen has its record in the list.
 pub async fn list_and_sweep(ctx: &NodeContext, dry_run: bool) -> anyhow::Result<Sweep> {
     let inventory = ctx.dataplane.inventory().await?;
-    let endpoints: Vec<Endpoint> = endpoint::list(ctx.store.as_ref(), &ctx.node)?
-        .into_iter()
-        .map(|v| v.value)
-        .collect();
+    // From the cache, brought up to date after the kernel was read.
+    let endpoints: Vec<Endpoint> = ctx.endpoints.with_current(ctx.store.as_ref(), |all| {
+        all.values()
+            .filter(|e| e.node == ctx.node)
+            .cloned()
+            .collect()
+    })?;
     let wanted: std::collections::HashMap<String, Vec<IpAddr>> = endpoints
         .iter()
         .map(|e| (host_ifname(&e.container_id), addresses(e)))

@@ -24,7 +24,7 @@ use crate::nl::{request, Conn, NlError};
 use crate::{HOST_IFNAME_PREFIX, ROUTE_PROTOCOL};
 use apply::{Applier, ContainerSide, NodeSysctls};
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use sha2::{Digest, Sha256};
 
@@ -362,9 +362,16 @@ impl EndpointDataplane {
     /// route dump per family): for the resync.
     pub async fn inventory(&self) -> Result<Inventory, EndpointError> {
         let h = &self.node;
+        // Veths only, without counters: the kernel filters by kind.
+        let mut dump = LinkMessage::default();
+        dump.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Veth,
+            )]));
+        dump.attributes.push(observe::skip_stats());
         let answers = request(
             h,
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            RouteNetlinkMessage::GetLink(dump),
             NLM_F_REQUEST | NLM_F_DUMP,
         )
         .await?;
