@@ -21,12 +21,12 @@ mod common;
 
 use calico_mesos::ipam::{self, Request};
 use calico_mesos::store::sqlite::SqliteStore;
-use common::{in_netns, median, ms, p99, teardown, timed, wait_no_eth0, window, Daemon, BIN};
+use common::{in_netns, median, ms, p99, teardown, timed, window, Daemon, BIN};
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use testsupport::{Container, Netns, Node};
+use testsupport::{wait_no_eth0, Container, Netns, Node};
 
 const PTP: &str = "/usr/lib/cni/ptp";
 

@@ -151,35 +151,7 @@ impl Drop for Daemon {
 pub fn teardown<O, C>(owner: O, containers: Vec<C>, pid: impl Fn(&C) -> u32) -> Duration {
     let pids: Vec<u32> = containers.iter().map(&pid).collect();
     drop(owner);
-    let took = wait_no_eth0(&pids, Duration::from_secs(300));
+    let took = testsupport::wait_no_eth0(&pids, Duration::from_secs(300));
     drop(containers);
     took
-}
-
-/// Polls every container's namespace until none has an `eth0`.
-pub fn wait_no_eth0(pids: &[u32], limit: Duration) -> Duration {
-    let start = Instant::now();
-    let pids = pids.to_vec();
-    std::thread::spawn(move || {
-        let eth0 = std::ffi::CString::new("eth0").unwrap();
-        let mut left = pids;
-        while !left.is_empty() {
-            assert!(start.elapsed() < limit, "teardown not done after {limit:?}");
-            left.retain(|pid| {
-                let Ok(ns) = File::open(format!("/proc/{pid}/ns/net")) else {
-                    return false;
-                };
-                // SAFETY: this helper thread only runs this loop; moving
-                // it between namespaces affects nothing else.
-                unsafe {
-                    libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0
-                        && libc::if_nametoindex(eth0.as_ptr()) != 0
-                }
-            });
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        start.elapsed()
-    })
-    .join()
-    .unwrap()
 }

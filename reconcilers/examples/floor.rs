@@ -224,38 +224,10 @@ fn main() {
     // node namespace until it goes.
     drop(rt);
     drop(node);
-    let gone = wait_no_eth0(&pids, Duration::from_secs(120));
+    let gone = testsupport::wait_no_eth0(&pids, Duration::from_secs(120));
     eprintln!(
         "node namespace torn down in {:.0} ms",
         gone.as_secs_f64() * 1e3
     );
     drop(containers);
-}
-
-/// Polls every container's namespace until none has an `eth0`.
-fn wait_no_eth0(pids: &[u32], limit: Duration) -> Duration {
-    use std::os::fd::AsRawFd;
-    let start = Instant::now();
-    let pids = pids.to_vec();
-    std::thread::spawn(move || {
-        let eth0 = std::ffi::CString::new("eth0").unwrap();
-        let mut left = pids;
-        while !left.is_empty() && start.elapsed() < limit {
-            left.retain(|pid| {
-                let Ok(ns) = std::fs::File::open(format!("/proc/{pid}/ns/net")) else {
-                    return false;
-                };
-                // SAFETY: this helper thread only runs this loop; moving
-                // it between namespaces affects nothing else.
-                unsafe {
-                    libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0
-                        && libc::if_nametoindex(eth0.as_ptr()) != 0
-                }
-            });
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        start.elapsed()
-    })
-    .join()
-    .unwrap()
 }

@@ -4,7 +4,7 @@
 //! of the endpoints to re-check; this module only reports what changed.
 
 use crate::endpoint::observe::{link_facts, route_facts};
-use crate::netns::{open_container, NetnsError, NetnsRef, NsThread};
+use crate::netns::{open_container, NetnsError, NetnsRef};
 use crate::nl::NlError;
 use futures::StreamExt;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
@@ -112,25 +112,10 @@ impl Events {
         ))
     }
 
-    /// Events inside a container's namespace. Note: the socket holds a
-    /// reference to the namespace, so drop the subscription once the
-    /// container is gone.
-    pub async fn container(ns: &NetnsRef) -> Result<Events, NetnsError> {
-        let file = open_container(ns)?;
-        let thread = NsThread::spawn(&file, format!("pid {}", ns.pid)).await?;
-        let sock = thread
-            .run(event_socket)
-            .await?
-            .map_err(|source| NetnsError::Spawn {
-                label: format!("events of pid {}", ns.pid),
-                source,
-            })?;
-        Ok(subscribe(sock))
-    }
-
-    /// Like [`Events::container`], with the socket made by `visitor`
-    /// instead of a thread started for it.
-    pub async fn container_via(
+    /// Events inside a container's namespace, the socket made there by
+    /// `visitor`. Note: the socket holds a reference to the namespace, so
+    /// drop the subscription once the container is gone.
+    pub async fn container(
         visitor: &crate::netns::NsVisitor,
         ns: &NetnsRef,
     ) -> Result<Events, NetnsError> {

@@ -136,3 +136,35 @@ impl Drop for Container {
         self.kill();
     }
 }
+
+/// Polls the namespaces of the processes `pids` until none has an `eth0`
+/// (the kernel has torn down their veths, e.g. after their node namespace
+/// was destroyed); returns how long that took. Panics after `limit`.
+pub fn wait_no_eth0(pids: &[u32], limit: Duration) -> Duration {
+    use std::os::fd::AsRawFd;
+    let start = Instant::now();
+    let pids = pids.to_vec();
+    // A thread of its own, since it moves between namespaces.
+    std::thread::spawn(move || {
+        let eth0 = std::ffi::CString::new("eth0").expect("no NUL");
+        let mut left = pids;
+        while !left.is_empty() {
+            assert!(start.elapsed() < limit, "teardown not done after {limit:?}");
+            left.retain(|pid| {
+                let Ok(ns) = std::fs::File::open(format!("/proc/{pid}/ns/net")) else {
+                    return false;
+                };
+                // SAFETY: this helper thread only runs this loop; moving
+                // it between namespaces affects nothing else.
+                unsafe {
+                    libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0
+                        && libc::if_nametoindex(eth0.as_ptr()) != 0
+                }
+            });
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        start.elapsed()
+    })
+    .join()
+    .expect("the waiting thread panicked")
+}

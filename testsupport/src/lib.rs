@@ -28,7 +28,7 @@ mod node;
 mod ping;
 
 pub use cmd::{run, run_ok, CmdError, COMMAND_TIMEOUT};
-pub use container::{exec_in, Container};
+pub use container::{exec_in, wait_no_eth0, Container};
 pub use fabric::{Fabric, FabricNode};
 pub use netns::{netns_inode, Netns, NETNS_PREFIX};
 pub use node::{Node, GATEWAY_V4, GATEWAY_V6};

@@ -251,7 +251,7 @@ impl EndpointDataplane {
         &self,
         ns: &NetnsRef,
     ) -> Result<crate::events::Events, NetnsError> {
-        crate::events::Events::container_via(&*self.visitor()?, ns).await
+        crate::events::Events::container(&*self.visitor()?, ns).await
     }
 
     /// Reads the kernel for one endpoint.
