@@ -237,9 +237,8 @@ pub async fn reconcile_endpoint(
     // The policy is keyed by interface name and drops everything of a
     // `cali*` interface it does not know, so it can be brought in while
     // the veth is made: the isolate waits for the slower of the two, not
-    // for both one after the other.
-    // It runs as a task of its own, so its rendering (CPU) and the veth's
-    // netlink requests (kernel) use both cores.
+    // both in turn. A task of its own, so that its rendering (CPU) and the
+    // veth's netlink requests (kernel) run on both cores.
     let admitting = (new_intent && ctx.policy.is_some()).then(|| {
         let (ctx, ep) = (ctx.clone(), ep.value.clone());
         tokio::spawn(async move { admit_to_policy(&ctx, &ep, dry_run).await })
