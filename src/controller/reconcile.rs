@@ -10,7 +10,7 @@ use super::coalesce::Coalesced;
 use crate::config::{Config, PolicyMode};
 use crate::endpoint::{self, Endpoint, EndpointStatus, Phase};
 use crate::ipam;
-use crate::policy::{self, profiles, Profile};
+use crate::policy::{self, profiles};
 use crate::store::cache::PrefixCache;
 use crate::store::{keys, Store, Versioned};
 use anyhow::Context as _;
@@ -49,8 +49,6 @@ pub struct NodeContext {
     /// Every endpoint of the cluster, kept up to date from the store's
     /// changes (policy membership, routes to other nodes' containers).
     pub(super) endpoints: PrefixCache<Endpoint>,
-    /// Every profile, likewise.
-    profiles: PrefixCache<Profile>,
 }
 
 impl NodeContext {
@@ -93,7 +91,6 @@ impl NodeContext {
             },
             fabric_runs: Coalesced::default(),
             endpoints: PrefixCache::new(keys::ENDPOINTS),
-            profiles: PrefixCache::new(keys::PROFILES),
         })
     }
 }
@@ -112,18 +109,19 @@ pub async fn reconcile_policy(
     };
     let run = || async {
         let store = ctx.store.as_ref();
-        let spec = ctx.profiles.with_current(store, |profiles| {
-            ctx.endpoints.with_current(store, |endpoints| {
-                // Membership counts both, so this node's endpoints are
-                // left out of the cluster's.
-                let all = endpoints.values();
-                policy::desired_policy(
-                    all.clone().filter(|e| e.node == ctx.node),
-                    all.filter(|e| e.node != ctx.node),
-                    profiles.values(),
-                )
-            })
-        })??;
+        // Profiles are few, and one an isolate has just made must be seen:
+        // read from the store itself.
+        let profiles = profiles::list(store)?;
+        let spec = ctx.endpoints.with_current(store, |endpoints| {
+            // Membership counts both, so this node's endpoints are left
+            // out of the cluster's.
+            let all = endpoints.values();
+            policy::desired_policy(
+                all.clone().filter(|e| e.node == ctx.node),
+                all.filter(|e| e.node != ctx.node),
+                &profiles,
+            )
+        })?;
         anyhow::Ok(dataplane.ensure(&spec, dry_run).await?)
     };
     if dry_run {
@@ -240,7 +238,7 @@ pub async fn reconcile_endpoint(
     // both in turn. A task of its own, so that its rendering (CPU) and the
     // veth's netlink requests (kernel) run on both cores.
     let admitting = (new_intent && ctx.policy.is_some()).then(|| {
-        let (ctx, ep) = (ctx.clone(), ep.value.clone());
+        let (ctx, ep) = (ctx.clone(), ep.clone());
         tokio::spawn(async move { admit_to_policy(&ctx, &ep, dry_run).await })
     });
     let dataplane = ctx.dataplane.ensure(&spec_of(&ep.value), dry_run).await;
@@ -304,12 +302,30 @@ pub async fn reconcile_endpoint(
 
 /// Makes the profiles `ep` needs and brings the node's policy up to date
 /// so that it includes `ep`.
-async fn admit_to_policy(ctx: &NodeContext, ep: &Endpoint, dry_run: bool) -> anyhow::Result<()> {
+async fn admit_to_policy(
+    ctx: &NodeContext,
+    ep: &Versioned<Endpoint>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
     if !dry_run {
-        profiles::ensure_profiles(ctx.store.as_ref(), &ctx.node, &ctx.node_addresses, ep)?;
+        profiles::ensure_profiles(
+            ctx.store.as_ref(),
+            &ctx.node,
+            &ctx.node_addresses,
+            &ep.value,
+        )?;
     }
+    note_endpoint(ctx, ep);
     reconcile_policy(ctx, dry_run).await?;
     Ok(())
+}
+
+/// Tells the cache of the cluster's endpoints about `ep` as just read,
+/// before a policy run that must include it as it is now (the store's
+/// changes can reach the cache later than a read).
+fn note_endpoint(ctx: &NodeContext, ep: &Versioned<Endpoint>) {
+    ctx.endpoints
+        .note(&ep.value.key(), ep.value.clone(), ep.mod_revision);
 }
 
 /// Writes `next` unless the stored status says the same (the time of the
@@ -390,6 +406,7 @@ async fn remove(
     // goes first, then its policy (below). A failure here is repaired by
     // the policy's own reconcile: chains for a gone interface match nothing.
     let policy = (!collected).then(|| {
+        note_endpoint(ctx, ep);
         let (ctx, cid) = (ctx.clone(), ep.value.container_id.clone());
         tokio::spawn(async move {
             if let Err(e) = reconcile_policy(&ctx, dry_run).await {
@@ -469,13 +486,12 @@ fn addresses(ep: &Endpoint) -> Vec<IpAddr> {
 /// every link seen has its record in the list.
 pub async fn list_and_sweep(ctx: &NodeContext, dry_run: bool) -> anyhow::Result<Sweep> {
     let inventory = ctx.dataplane.inventory().await?;
-    // From the cache, brought up to date after the kernel was read.
-    let endpoints: Vec<Endpoint> = ctx.endpoints.with_current(ctx.store.as_ref(), |all| {
-        all.values()
-            .filter(|e| e.node == ctx.node)
-            .cloned()
-            .collect()
-    })?;
+    // Read from the store itself, not the cache: a link just made must
+    // find its endpoint here, and the cache may not have seen it yet.
+    let endpoints: Vec<Endpoint> = endpoint::list(ctx.store.as_ref(), &ctx.node)?
+        .into_iter()
+        .map(|v| v.value)
+        .collect();
     let wanted: std::collections::HashMap<String, Vec<IpAddr>> = endpoints
         .iter()
         .map(|e| (host_ifname(&e.container_id), addresses(e)))

@@ -1,18 +1,22 @@
 //! The objects under one key prefix, decoded once and kept up to date from
 //! the store's changes, for the runs that need them all: the node's policy
-//! (every endpoint of the cluster for netgroup membership, every profile)
-//! and its routes to other nodes.
+//! (every endpoint of the cluster, for netgroup membership) and its routes
+//! to other nodes.
 //!
 //! Listing and decoding every endpoint on each run made a policy run cost
 //! O(endpoints) in store reads and JSON parsing, on the isolate path. The
 //! cache reads only what changed since the revision it last saw; after a
 //! compaction of the store's history, or an undecodable value, it relists.
+//! The changes may arrive later than a direct read would see them (etcd's
+//! come from a watch): whoever needs one object as it is now reads it and
+//! [notes](PrefixCache::note) it; whoever needs everything as it is now
+//! (the stray sweep) reads the store.
 //!
 //! Only reads the store.
 
 use super::{decode, Change, Revision, Store, StoreError};
 use serde::de::DeserializeOwned;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 /// The objects under `prefix` as of a store revision; see the module doc.
@@ -28,6 +32,10 @@ struct Cached<T> {
     revision: Revision,
     /// The objects by store key.
     objects: BTreeMap<String, T>,
+    /// Each object's modification revision: a change older than what is
+    /// held (an object [noted](PrefixCache::note) ahead of the changes) is
+    /// not applied.
+    revisions: HashMap<String, Revision>,
 }
 
 impl<T: DeserializeOwned> Cached<T> {
@@ -36,12 +44,24 @@ impl<T: DeserializeOwned> Cached<T> {
     /// next `changes_since`, where applying it again changes nothing.
     fn list(store: &dyn Store, prefix: &str) -> Result<Cached<T>, StoreError> {
         let revision = store.revision()?;
-        let objects = store
-            .list(prefix, None)?
+        let listed = store.list(prefix, None)?;
+        let objects = listed
             .iter()
             .map(|kv| Ok((kv.key.clone(), decode(kv)?)))
             .collect::<Result<_, StoreError>>()?;
-        Ok(Cached { revision, objects })
+        let revisions = listed
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.mod_revision))
+            .collect();
+        Ok(Cached {
+            revision,
+            objects,
+            revisions,
+        })
+    }
+
+    fn is_newer(&self, key: &str, revision: Revision) -> bool {
+        self.revisions.get(key).is_none_or(|held| revision > *held)
     }
 
     /// Applies the store's changes since `self.revision`.
@@ -49,11 +69,17 @@ impl<T: DeserializeOwned> Cached<T> {
         let changes = store.changes_since(self.revision)?;
         for change in &changes.changes {
             match change {
-                Change::Put(kv) if kv.key.starts_with(prefix) => {
+                Change::Put(kv)
+                    if kv.key.starts_with(prefix) && self.is_newer(&kv.key, kv.mod_revision) =>
+                {
                     self.objects.insert(kv.key.clone(), decode(kv)?);
+                    self.revisions.insert(kv.key.clone(), kv.mod_revision);
                 }
-                Change::Delete { key, .. } if key.starts_with(prefix) => {
+                Change::Delete { key, revision }
+                    if key.starts_with(prefix) && self.is_newer(key, *revision) =>
+                {
                     self.objects.remove(key);
+                    self.revisions.remove(key);
                 }
                 _ => {}
             }
@@ -97,6 +123,25 @@ impl<T: DeserializeOwned> PrefixCache<T> {
             },
         };
         Ok(f(&state.insert(current).objects))
+    }
+
+    /// Records `value` as `key`'s state at `mod_revision`, read from the
+    /// store itself, unless the cache already holds a newer one. The
+    /// store's changes may reach the cache later than a direct read (etcd's
+    /// are served from a watch), so a caller about to act on an object it
+    /// has just read notes it first: the next [`with_current`] includes it
+    /// (an isolate's own endpoint must be in the policy that makes it Ready).
+    /// Nothing is noted before the first listing, which reads it anyway.
+    ///
+    /// [`with_current`]: PrefixCache::with_current
+    pub fn note(&self, key: &str, value: T, mod_revision: Revision) {
+        let mut state = self.state.lock().expect("prefix cache lock");
+        if let Some(cached) = state.as_mut() {
+            if cached.is_newer(key, mod_revision) {
+                cached.objects.insert(key.to_string(), value);
+                cached.revisions.insert(key.to_string(), mod_revision);
+            }
+        }
     }
 }
 
@@ -177,6 +222,41 @@ mod tests {
         store.commit(&txn).unwrap();
         store.compact(store.revision().unwrap()).unwrap();
         assert_eq!(ids(&cache, &store), ["c/3"]);
+    }
+
+    #[test]
+    fn a_noted_object_is_seen_and_older_changes_do_not_undo_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open(path.to_str().unwrap(), Duration::from_secs(5)).unwrap();
+        let cache = PrefixCache::<Endpoint>::new(keys::ENDPOINTS);
+        put(&store, &ep("a", "1"));
+        assert_eq!(ids(&cache, &store), ["a/1"]);
+        // As a watch that lags would: the store moved on (generation 2
+        // written at some revision), the cache is told of generation 3.
+        let mut second = ep("a", "1");
+        second.generation = 2;
+        put(&store, &second);
+        let key = keys::endpoint("a", "1");
+        let mut third = ep("a", "1");
+        third.generation = 3;
+        cache.note(&key, third, store.revision().unwrap() + 1);
+        let generation = |cache: &PrefixCache<Endpoint>| {
+            cache
+                .with_current(&store, |all| all[&key].generation)
+                .unwrap()
+        };
+        assert_eq!(generation(&cache), 3, "the older change is not applied");
+        // A newer change is (the other key takes the revision noted).
+        put(&store, &ep("a", "2"));
+        let mut fourth = ep("a", "1");
+        fourth.generation = 4;
+        put(&store, &fourth);
+        assert_eq!(generation(&cache), 4);
+        let mut txn = Txn::default();
+        txn.delete(key.clone());
+        store.commit(&txn).unwrap();
+        assert_eq!(ids(&cache, &store), ["a/2"]);
     }
 
     #[test]
