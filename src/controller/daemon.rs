@@ -99,6 +99,11 @@ pub async fn run(
             super::lock::lock_path(&config.run_dir).display()
         );
     };
+    // The node's context first (with policy disabled that removes our
+    // table): a daemon that listens has its configuration in force.
+    // Plugins that kick meanwhile find no socket and wait for it, since
+    // the node lock is held.
+    let ctx = Arc::new(NodeContext::open(config, store.clone()).await?);
     let socket = kick::socket_path(&config.run_dir);
     // We hold the lock, so a socket file left here is a dead daemon's.
     let _ = std::fs::remove_file(&socket);
@@ -108,7 +113,7 @@ pub async fn run(
 
     let (tx, rx) = mpsc::channel::<Trigger<Work>>(16_384);
     let shared = Arc::new(Shared {
-        ctx: Arc::new(NodeContext::open(config, store.clone()).await?),
+        ctx,
         index: OwnerIndex::default(),
         watchers: Mutex::new(HashMap::new()),
         triggers: tx.downgrade(),
