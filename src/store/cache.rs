@@ -168,6 +168,14 @@ mod tests {
         }
     }
 
+    /// A fresh SQLite store (and the directory it lives in, removed on drop).
+    fn sqlite() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open(path.to_str().unwrap(), Duration::from_secs(5)).unwrap();
+        (dir, store)
+    }
+
     fn put(store: &dyn Store, e: &Endpoint) {
         let mut txn = Txn::default();
         txn.put_json(keys::endpoint(&e.node, &e.container_id), e);
@@ -186,9 +194,7 @@ mod tests {
 
     #[test]
     fn follows_puts_and_deletes_and_relists_after_compaction() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.db");
-        let store = SqliteStore::open(path.to_str().unwrap(), Duration::from_secs(5)).unwrap();
+        let (_dir, store) = sqlite();
         let cache = PrefixCache::<Endpoint>::new(keys::ENDPOINTS);
         assert!(ids(&cache, &store).is_empty());
 
@@ -226,9 +232,7 @@ mod tests {
 
     #[test]
     fn a_noted_object_is_seen_and_older_changes_do_not_undo_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.db");
-        let store = SqliteStore::open(path.to_str().unwrap(), Duration::from_secs(5)).unwrap();
+        let (_dir, store) = sqlite();
         let cache = PrefixCache::<Endpoint>::new(keys::ENDPOINTS);
         put(&store, &ep("a", "1"));
         assert_eq!(ids(&cache, &store), ["a/1"]);
@@ -261,9 +265,7 @@ mod tests {
 
     #[test]
     fn an_undecodable_endpoint_is_an_error_until_it_is_mended() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.db");
-        let store = SqliteStore::open(path.to_str().unwrap(), Duration::from_secs(5)).unwrap();
+        let (_dir, store) = sqlite();
         let cache = PrefixCache::<Endpoint>::new(keys::ENDPOINTS);
         put(&store, &ep("a", "1"));
         assert_eq!(ids(&cache, &store), ["a/1"]);
