@@ -225,3 +225,81 @@ fn isolate_of_a_process_in_the_node_namespace_is_refused() {
     // The node's own eth0 is untouched.
     assert!(ping(&agent.node.ns, IpAddr::V4(testsupport::GATEWAY_V4)));
 }
+
+/// Runs one request like `Agent::plugin`, with extra environment; returns
+/// the reply (its stderr has the plugin's logs).
+fn plugin_with(agent: &Agent, env: &[(&str, &str)], request: &serde_json::Value) -> common::Reply {
+    let mut cmd = agent.command();
+    cmd.envs(env.iter().copied());
+    let out = common::run(cmd, request.to_string().as_bytes());
+    common::check_answer(&out).unwrap_or_else(|e| panic!("{e}\nrequest: {request}"))
+}
+
+#[test]
+fn the_daemon_answers_plugins_configured_like_it_and_leaves_the_others_to_themselves() {
+    if !require_root() {
+        return;
+    }
+    let agent = Agent::new("e2esrv", 1);
+    let daemon = agent.start_daemon_with(&[("CALICO_MESOS_LOG_LEVEL", "debug")]);
+    let debug = [("CALICO_MESOS_LOG_LEVEL", "debug")];
+    let answered_here = "answering it here";
+
+    // Configured like the daemon: the daemon answers allocate and isolate.
+    let a = testsupport::Container::new(&agent.node.ns);
+    let reply = plugin_with(
+        &agent,
+        &debug,
+        &json!({"command": "allocate", "args": {
+        "hostname": "agent", "uid": "task-a", "num_ipv4": 1, "num_ipv6": 1}}),
+    );
+    assert!(reply.is_ok(), "{}", reply.answer);
+    assert!(!reply.stderr.contains(answered_here), "{}", reply.stderr);
+    let (a4, a6) = (reply.addrs("ipv4")[0], reply.addrs("ipv6")[0]);
+    let reply = plugin_with(&agent, &debug, &isolate("c-a", a.pid(), a4, a6, &["web"]));
+    assert!(reply.is_ok(), "{}", reply.answer);
+    assert!(!reply.stderr.contains(answered_here), "{}", reply.stderr);
+    let served =
+        |d: &common::agent::Daemon| d.log_text().matches("answered a plugin's request").count();
+    assert_eq!(served(&daemon), 2, "{}", daemon.log_text());
+
+    // Configured for another store (another etcd prefix): the plugin
+    // answers itself, and the daemon still reconciles when kicked.
+    let other = [
+        ("CALICO_MESOS_LOG_LEVEL", "debug"),
+        ("CALICO_MESOS_ETCD_PREFIX", "/other/"),
+    ];
+    let b = testsupport::Container::new(&agent.node.ns);
+    let reply = plugin_with(
+        &agent,
+        &other,
+        &json!({"command": "allocate", "args": {
+        "hostname": "agent", "uid": "task-b", "num_ipv4": 1, "num_ipv6": 1}}),
+    );
+    assert!(reply.is_ok(), "{}", reply.answer);
+    assert!(reply.stderr.contains(answered_here), "{}", reply.stderr);
+    let (b4, b6) = (reply.addrs("ipv4")[0], reply.addrs("ipv6")[0]);
+    let reply = plugin_with(&agent, &other, &isolate("c-b", b.pid(), b4, b6, &["web"]));
+    assert!(reply.is_ok(), "{}", reply.answer);
+    assert!(reply.stderr.contains(answered_here), "{}", reply.stderr);
+    assert_eq!(served(&daemon), 2, "{}", daemon.log_text());
+
+    // Both work alike.
+    for (from, to) in [(&a, b4), (&a, b6), (&b, a4), (&b, a6)] {
+        assert!(ping(from, to), "no ping to {to}");
+    }
+    // A validation error is answered by the plugin before anything else.
+    let reply = plugin_with(&agent, &debug, &json!({"command": "allocate", "args": {}}));
+    assert_eq!(reply.error(), Some("Missing uid"));
+    assert_eq!(served(&daemon), 2);
+
+    for (id, uid) in [("c-a", "task-a"), ("c-b", "task-b")] {
+        agent.plugin_ok(&json!({"command": "release", "args": {"uid": uid}}));
+        agent.plugin_ok(
+            &json!({"command": "cleanup", "args": {"hostname": "agent", "container_id": id}}),
+        );
+    }
+    assert!(agent.host_links().is_empty());
+    assert!(agent.our_routes().is_empty());
+    assert!(daemon.stop(), "the daemon stops cleanly on SIGTERM");
+}

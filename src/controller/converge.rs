@@ -1,6 +1,8 @@
-//! Getting one endpoint reconciled *now*, for a front end that waits on it:
-//! ask the node's daemon (a kick), or, when no daemon runs, reconcile in
-//! this process under the node lock. Either way the same
+//! Getting one endpoint reconciled *now*, for a front end that waits on it
+//! ([`Converge`]). From a process of its own ([`KickOrInline`]): ask the
+//! node's daemon (a kick), or, when no daemon runs, reconcile in this
+//! process under the node lock. Inside the daemon, the daemon's own runner
+//! does it. Every way, the same
 //! [`reconcile_endpoint`](super::reconcile::reconcile_endpoint) runs.
 
 use super::kick::{kick, KickError};
@@ -31,8 +33,30 @@ pub enum ConvergeError {
     Other(#[from] anyhow::Error),
 }
 
-/// Has `container_id`'s endpoint reconciled before `deadline`; the status
-/// in the store then shows the result.
+/// How a front end has one endpoint reconciled now.
+pub trait Converge {
+    /// Has `container_id`'s endpoint reconciled within `timeout`; the
+    /// status in the store then shows the result.
+    fn converge(&self, container_id: &str, timeout: Duration) -> Result<Reconciler, ConvergeError>;
+}
+
+/// A front end in a process of its own: kicks the daemon, or reconciles
+/// inline when none runs ([`converge`]).
+pub struct KickOrInline<'a> {
+    /// The store the front end opened.
+    pub store: &'a Arc<dyn Store>,
+    /// Its configuration.
+    pub config: &'a Config,
+}
+
+impl Converge for KickOrInline<'_> {
+    fn converge(&self, container_id: &str, timeout: Duration) -> Result<Reconciler, ConvergeError> {
+        converge(self.store, self.config, container_id, timeout)
+    }
+}
+
+/// Has `container_id`'s endpoint reconciled within `timeout`, by the
+/// daemon or inline; the status in the store then shows the result.
 pub fn converge(
     store: &Arc<dyn Store>,
     config: &Config,

@@ -6,10 +6,11 @@
 //! A graceful stop finishes the reconciles in progress and leaves the
 //! dataplane in place.
 
+use super::converge::{Converge, ConvergeError, Reconciler};
 use super::fabric::FabricView;
 use super::freshness::Freshness;
 use super::index::OwnerIndex;
-use super::kick::{self, KickReply, KickRequest};
+use super::kick::{self, KickReply, KickRequest, ServeRequest};
 use super::lock::NodeLock;
 use super::loop_status::{self, LoopStatus};
 use super::reconcile::{
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::endpoint::{self, Endpoint, NetnsId};
 use crate::ipam::Block;
 use crate::node;
+use crate::plugin;
 use crate::store::{self, keys, Change, Store, StoreError};
 use anyhow::Context as _;
 use reconcilers::endpoint::Action;
@@ -33,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -69,6 +71,8 @@ type Triggers = mpsc::Sender<Trigger<Work>>;
 /// State shared by the daemon's tasks.
 struct Shared {
     ctx: Arc<NodeContext>,
+    /// The daemon's configuration (requests it serves are answered with it).
+    config: Config,
     index: OwnerIndex,
     /// Container ids with a live watcher, and the namespace it watches.
     watchers: Mutex<HashMap<String, (NetnsId, AbortHandle)>>,
@@ -114,6 +118,7 @@ pub async fn run(
     let (tx, rx) = mpsc::channel::<Trigger<Work>>(16_384);
     let shared = Arc::new(Shared {
         ctx,
+        config: config.clone(),
         index: OwnerIndex::default(),
         watchers: Mutex::new(HashMap::new()),
         triggers: tx.downgrade(),
@@ -157,7 +162,8 @@ pub async fn run(
     shared.read_fabric_view();
     shared.resync(&tx).await?;
     tracing::info!(node = %config.nodename, socket = %socket.display(), "daemon started");
-    tasks.spawn(accept(listener, shared.clone(), tx.clone()));
+    let (stop_accepting, stopping) = watch::channel(false);
+    let mut accepting = tokio::spawn(accept(listener, shared.clone(), tx.clone(), stopping));
     tasks.spawn(watch_store(shared.clone(), tx.clone(), revision));
     tasks.spawn(watch_node(shared.clone(), tx.clone()));
     tasks.spawn(keep_alive(shared.clone(), liveness));
@@ -176,6 +182,16 @@ pub async fn run(
         Some(ended) = tasks.join_next() => {
             tracing::error!(?ended, "a daemon task ended unexpectedly; stopping");
         }
+    }
+    // No new requests; the ones being answered are finished first (the
+    // runner still runs for them).
+    let _ = stop_accepting.send(true);
+    if tokio::time::timeout(STOP_TIMEOUT, &mut accepting)
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still being answered after {STOP_TIMEOUT:?}; stopping anyway");
+        accepting.abort();
     }
     // Every sender goes with these tasks; the runner then finishes what
     // runs and returns.
@@ -469,15 +485,24 @@ impl Shared {
     }
 }
 
-/// Serves kicks: each connection asks for one endpoint and gets an answer
-/// once a reconcile that started after the ask has finished.
-async fn accept(listener: UnixListener, shared: Arc<Shared>, tx: Triggers) {
+/// Serves the kick socket until `stop` turns true, then stops listening
+/// and finishes the requests being answered. Each connection either asks
+/// for one endpoint (answered once a reconcile that started after the ask
+/// has finished) or hands over a net-modules request (answered here).
+async fn accept(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    tx: Triggers,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
+            // The only change ever sent is the stop (or the sender gone).
+            _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(serve_kick(stream, shared.clone(), tx.clone()));
+                    connections.spawn(serve_connection(stream, shared.clone(), tx.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept on the kick socket failed");
@@ -487,43 +512,116 @@ async fn accept(listener: UnixListener, shared: Arc<Shared>, tx: Triggers) {
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+    // From here a plugin finds nobody listening and waits for the lock.
+    drop(listener);
+    while connections.join_next().await.is_some() {}
 }
 
-async fn serve_kick(stream: UnixStream, shared: Arc<Shared>, tx: Triggers) {
+async fn serve_connection(stream: UnixStream, shared: Arc<Shared>, tx: Triggers) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let mut reader = BufReader::new(read.take(4096));
-    let reply =
+    let mut reader = BufReader::new(read.take(kick::MAX_LINE_BYTES));
+    let request =
         match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await {
-            Ok(Ok(n)) if n > 0 => match serde_json::from_str::<KickRequest>(&line) {
-                Ok(KickRequest::Reconcile(cid)) => {
-                    if let Ok(Some(ep)) =
-                        endpoint::get(shared.ctx.store.as_ref(), &shared.ctx.node, &cid)
-                    {
-                        shared.index.upsert(ep.value);
-                    }
-                    let (done, finished) = oneshot::channel();
-                    let trigger = Trigger {
-                        key: Work::Endpoint(cid),
-                        at: Instant::now(),
-                        done: Some(done),
-                        reset_backoff: true,
-                    };
-                    match tx.send(trigger).await {
-                        Ok(()) => match finished.await {
-                            Ok(()) => KickReply::Done,
-                            Err(_) => KickReply::Refused("the daemon is stopping".into()),
-                        },
-                        Err(_) => KickReply::Refused("the daemon is stopping".into()),
-                    }
-                }
-                Err(e) => KickReply::Refused(format!("unreadable request: {e}")),
-            },
+            Ok(Ok(n)) if n > 0 => serde_json::from_str::<KickRequest>(&line),
             _ => return,
         };
-    let mut answer = serde_json::to_string(&reply).expect("a kick reply serialises");
-    answer.push('\n');
-    let _ = write.write_all(answer.as_bytes()).await;
+    let reply = match request {
+        Ok(KickRequest::Reconcile(cid)) => match reconcile_now(&shared, &tx, cid).await {
+            Ok(()) => KickReply::Done,
+            Err(why) => KickReply::Refused(why.into()),
+        },
+        Ok(KickRequest::Serve(request)) => match refusal(&shared.config, &request) {
+            Some(why) => KickReply::Refused(why),
+            // A plugin gone before this reply has not had anything done.
+            None if send(&mut write, &KickReply::Accepted).await.is_err() => return,
+            None => KickReply::Answer(serve(shared, tx, request).await),
+        },
+        Err(e) => KickReply::Refused(format!("unreadable request: {e}")),
+    };
+    let _ = send(&mut write, &reply).await;
+}
+
+async fn send(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    reply: &KickReply,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(reply).expect("a kick reply serialises");
+    line.push('\n');
+    write.write_all(line.as_bytes()).await
+}
+
+/// Has `cid`'s endpoint reconciled by the runner, and waits until a run
+/// that started after this call has finished.
+async fn reconcile_now(shared: &Shared, tx: &Triggers, cid: String) -> Result<(), &'static str> {
+    const STOPPING: &str = "the daemon is stopping";
+    if let Ok(Some(ep)) = endpoint::get(shared.ctx.store.as_ref(), &shared.ctx.node, &cid) {
+        shared.index.upsert(ep.value);
+    }
+    let (done, finished) = oneshot::channel();
+    let trigger = Trigger {
+        key: Work::Endpoint(cid),
+        at: Instant::now(),
+        done: Some(done),
+        reset_backoff: true,
+    };
+    tx.send(trigger).await.map_err(|_| STOPPING)?;
+    finished.await.map_err(|_| STOPPING)
+}
+
+/// Why the daemon will not answer a plugin's request for it: the plugin is
+/// configured for another node or store. `None`: it will.
+fn refusal(config: &Config, request: &ServeRequest) -> Option<String> {
+    let mine = (&config.nodename, &config.datastore, &config.etcd.prefix);
+    let theirs = (&request.node, &request.datastore, &request.etcd_prefix);
+    (mine != theirs).then(|| {
+        format!(
+            "this daemon serves node {:?} on {} (prefix {:?}); the request is for node {:?} on {} (prefix {:?})",
+            mine.0, mine.1, mine.2, theirs.0, theirs.1, theirs.2
+        )
+    })
+}
+
+/// Answers a plugin's request with the daemon's store, reconciling through
+/// the runner; the plugin's `isolate_timeout` bounds the dataplane wait.
+async fn serve(shared: Arc<Shared>, tx: Triggers, request: ServeRequest) -> serde_json::Value {
+    let runtime = tokio::runtime::Handle::current();
+    // The store's calls block: they run on a thread made for that.
+    let answered = tokio::task::spawn_blocking(move || {
+        let mut config = shared.config.clone();
+        config.isolate_timeout = Duration::from_millis(request.isolate_timeout_ms.max(1));
+        let converger = ByRunner {
+            shared: &shared,
+            tx,
+            runtime,
+        };
+        let answer =
+            plugin::answer_in_daemon(&request.request, &shared.ctx.store, &config, &converger);
+        tracing::debug!(ok = answer.is_ok(), "answered a plugin's request");
+        answer.body
+    })
+    .await;
+    answered
+        .unwrap_or_else(|e| plugin::Answer::error(format!("the daemon failed to answer: {e}")).body)
+}
+
+/// The daemon's way to converge an endpoint for a request it serves: a
+/// trigger to its own runner.
+struct ByRunner<'a> {
+    shared: &'a Shared,
+    tx: Triggers,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Converge for ByRunner<'_> {
+    fn converge(&self, container_id: &str, timeout: Duration) -> Result<Reconciler, ConvergeError> {
+        let run = reconcile_now(self.shared, &self.tx, container_id.to_string());
+        match self.runtime.block_on(tokio::time::timeout(timeout, run)) {
+            Ok(Ok(())) => Ok(Reconciler::Daemon),
+            Ok(Err(why)) => Err(ConvergeError::Other(anyhow::anyhow!(why))),
+            Err(_) => Err(ConvergeError::Timeout(timeout)),
+        }
+    }
 }
 
 /// Renews the node's liveness lease while the daemon runs. A renewal the

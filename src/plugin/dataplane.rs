@@ -4,7 +4,7 @@
 use super::request::{self, Cleanup, Isolate};
 use super::Answer;
 use crate::config::Config;
-use crate::controller::converge::{converge, ConvergeError};
+use crate::controller::converge::{Converge, ConvergeError};
 use crate::endpoint::{self, Endpoint, NetnsId, Phase, Recorded};
 use crate::ipam;
 use crate::store::Store;
@@ -13,7 +13,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Configure the container's network and answer once it is Ready.
-pub fn isolate(store: &Arc<dyn Store>, config: &Config, args: &Isolate) -> Result<Answer, String> {
+pub fn isolate(
+    store: &Arc<dyn Store>,
+    config: &Config,
+    converger: &dyn Converge,
+    args: &Isolate,
+) -> Result<Answer, String> {
     let id = request::echo(&args.container_id);
     let fail = |why: String| format!("Cannot isolate container '{id}': {why}");
     let netns = NetnsId::of_pid(args.pid).map_err(|e| {
@@ -65,7 +70,7 @@ pub fn isolate(store: &Arc<dyn Store>, config: &Config, args: &Isolate) -> Resul
     if let (Recorded::Unchanged(_), Ok(Some(answer))) = (&recorded, ready(store.as_ref())) {
         return Ok(answer);
     }
-    match converge(store, config, &args.container_id, config.isolate_timeout) {
+    match converger.converge(&args.container_id, config.isolate_timeout) {
         Ok(_) => {}
         Err(ConvergeError::Timeout(t)) => {
             return Err(fail(format!(
@@ -80,7 +85,12 @@ pub fn isolate(store: &Arc<dyn Store>, config: &Config, args: &Isolate) -> Resul
 }
 
 /// Remove the container's network; unknown containers succeed.
-pub fn cleanup(store: &Arc<dyn Store>, config: &Config, args: &Cleanup) -> Result<Answer, String> {
+pub fn cleanup(
+    store: &Arc<dyn Store>,
+    config: &Config,
+    converger: &dyn Converge,
+    args: &Cleanup,
+) -> Result<Answer, String> {
     let id = request::echo(&args.container_id);
     let fail = |why: String| format!("Cannot clean up container '{id}': {why}");
     let requested =
@@ -90,7 +100,7 @@ pub fn cleanup(store: &Arc<dyn Store>, config: &Config, args: &Cleanup) -> Resul
         // Nothing was ever configured for it: cleanups are idempotent.
         return Ok(Answer::ok(json!({})));
     }
-    match converge(store, config, &args.container_id, config.isolate_timeout) {
+    match converger.converge(&args.container_id, config.isolate_timeout) {
         Ok(_) => {}
         Err(ConvergeError::Timeout(t)) => {
             return Err(fail(format!(

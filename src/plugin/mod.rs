@@ -8,12 +8,15 @@ pub mod labels;
 pub mod request;
 
 use crate::config::Config;
+use crate::controller::converge::{Converge, KickOrInline};
+use crate::controller::kick::{self, ServeError, ServeRequest};
 use crate::ipam::{self, Assigned};
 use crate::store::{self, Store};
 pub use request::{parse, Request};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The largest request read from stdin; net-modules' requests are tiny.
 pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
@@ -61,7 +64,9 @@ pub fn read_request(input: impl Read) -> Result<Vec<u8>, String> {
 }
 
 /// Answer one raw request. `config` is only loaded once the request is valid,
-/// and the store only opened then, so bad input touches nothing.
+/// and the store only opened then, so bad input touches nothing. The node's
+/// daemon answers it when one runs for the same node and store (it has the
+/// store open and the dataplane at hand); otherwise this process does.
 pub fn answer(input: &[u8], config: impl FnOnce() -> Result<Config, String>) -> Answer {
     let request = match parse(input) {
         Ok(request) => request,
@@ -71,15 +76,65 @@ pub fn answer(input: &[u8], config: impl FnOnce() -> Result<Config, String>) -> 
         Ok(config) => config,
         Err(message) => return Answer::error(message),
     };
-    let store = match store::open(&config.store_options()) {
-        Ok(store) => store,
+    match ask_daemon(input, &config) {
+        Ok(body) => return Answer { body },
+        Err(ServeError::NotServed(why)) => {
+            tracing::debug!(%why, "the daemon did not take the request; answering it here")
+        }
+        Err(unanswered) => return Answer::error(format!("{unanswered:#}")),
+    }
+    let store: Arc<dyn Store> = match store::open(&config.store_options()) {
+        Ok(store) => Arc::from(store),
         Err(e) => return Answer::error(e.to_string()),
     };
-    execute(&Arc::from(store), &config, request)
+    let converger = KickOrInline {
+        store: &store,
+        config: &config,
+    };
+    execute(&store, &config, &converger, request)
 }
 
-/// Carry out a checked request against the store.
-pub fn execute(shared: &Arc<dyn Store>, config: &Config, request: Request) -> Answer {
+/// How long the plugin waits for each of the daemon's replies: the longest
+/// the daemon's own work can take (the dataplane wait plus a few store
+/// calls, each bounded by `store_timeout`), and a second more.
+pub fn daemon_timeout(config: &Config) -> Duration {
+    config.isolate_timeout + 4 * config.store_timeout + Duration::from_secs(1)
+}
+
+fn ask_daemon(input: &[u8], config: &Config) -> Result<Value, ServeError> {
+    let request = ServeRequest {
+        node: config.nodename.clone(),
+        datastore: config.datastore.clone(),
+        etcd_prefix: config.etcd.prefix.clone(),
+        isolate_timeout_ms: config.isolate_timeout.as_millis() as u64,
+        request: String::from_utf8_lossy(input).into_owned(),
+    };
+    kick::serve(&config.run_dir, request, daemon_timeout(config))
+}
+
+/// Answers a request the node's daemon was handed ([`answer`] sent it):
+/// checked again, then carried out with the daemon's store and its way of
+/// reconciling.
+pub fn answer_in_daemon(
+    input: &str,
+    store: &Arc<dyn Store>,
+    config: &Config,
+    converger: &dyn Converge,
+) -> Answer {
+    match parse(input.as_bytes()) {
+        Ok(request) => execute(store, config, converger, request),
+        Err(invalid) => Answer::error(invalid.0),
+    }
+}
+
+/// Carry out a checked request against the store; isolate and cleanup have
+/// their endpoint reconciled through `converger`.
+pub fn execute(
+    shared: &Arc<dyn Store>,
+    config: &Config,
+    converger: &dyn Converge,
+    request: Request,
+) -> Answer {
     let node = config.nodename.as_str();
     let store = shared.as_ref();
     let result = match request {
@@ -101,8 +156,8 @@ pub fn execute(shared: &Arc<dyn Store>, config: &Config, request: Request) -> An
         Request::Release(request::Release::Ips(ips)) => ipam::release_addresses(store, &ips)
             .map(|_| Answer::ok(json!({})))
             .map_err(|e| e.to_string()),
-        Request::Isolate(args) => dataplane::isolate(shared, config, &args),
-        Request::Cleanup(args) => dataplane::cleanup(shared, config, &args),
+        Request::Isolate(args) => dataplane::isolate(shared, config, converger, &args),
+        Request::Cleanup(args) => dataplane::cleanup(shared, config, converger, &args),
     };
     result.unwrap_or_else(Answer::error)
 }
