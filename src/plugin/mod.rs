@@ -9,7 +9,7 @@ pub mod request;
 
 use crate::config::Config;
 use crate::controller::converge::{Converge, KickOrInline};
-use crate::controller::kick::{self, ServeError, ServeRequest};
+use crate::controller::kick::{self, KickError, ServeError, ServeRequest};
 use crate::ipam::{self, Assigned};
 use crate::store::{self, Store};
 pub use request::{parse, Request};
@@ -80,6 +80,13 @@ pub fn answer(input: &[u8], config: impl FnOnce() -> Result<Config, String>) -> 
         Ok(body) => return Answer { body },
         Err(ServeError::NotServed(why)) => {
             tracing::debug!(%why, "the daemon did not take the request; answering it here")
+        }
+        // The daemon went away with it: do it here if doing it twice is
+        // harmless (not after a timeout: the wait is used up).
+        Err(ServeError::Unanswered(why))
+            if request.repeatable() && !matches!(why, KickError::Timeout(_)) =>
+        {
+            tracing::warn!(%why, "the daemon accepted the request and went away; answering it here")
         }
         Err(unanswered) => return Answer::error(format!("{unanswered:#}")),
     }

@@ -33,6 +33,19 @@ pub enum Request {
     Cleanup(Cleanup),
 }
 
+impl Request {
+    /// True when carrying the request out twice has the effect of once
+    /// (isolate, cleanup, release: intent and deletes are idempotent), so
+    /// it may be tried again when it is unknown whether it was carried out.
+    /// Not allocate (it would pick more addresses) nor reserve.
+    pub fn repeatable(&self) -> bool {
+        matches!(
+            self,
+            Request::Isolate(_) | Request::Cleanup(_) | Request::Release(_)
+        )
+    }
+}
+
 /// Arguments of `allocate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocate {
