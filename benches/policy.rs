@@ -209,6 +209,13 @@ fn main() {
         );
     }
 
+    let (n, groups, rounds) = if quick {
+        (100, 10, 3)
+    } else {
+        (1_000, 100, 20)
+    };
+    daemon_side(n, groups, rounds);
+
     if !testsupport::require_root() {
         return;
     }
@@ -236,6 +243,86 @@ fn main() {
             changes(&dataplane, backend, &rt, n, groups, rounds);
         });
     }
+}
+
+/// The daemon's own part of a run, before the dataplane's (pure, and the
+/// profiles read from a SQLite store): the changes of one endpoint from
+/// `PolicyInputs` against the whole spec from scratch, at `n` endpoints of
+/// which half are this node's.
+fn daemon_side(n: usize, groups: usize, rounds: usize) {
+    use calico_mesos::endpoint::{Endpoint, NetnsId};
+    use calico_mesos::policy::profiles::{self, Profile};
+    use calico_mesos::policy::{desired_policy, PolicyInputs};
+    use calico_mesos::store::{sqlite::SqliteStore, Store, Txn};
+    use std::collections::{BTreeMap, HashMap};
+
+    let endpoint = |i: usize| Endpoint {
+        node: if i % 2 == 0 { "bench" } else { "other" }.to_string(),
+        container_id: format!("c{i}"),
+        netns: NetnsId { pid: 1, inode: 1 },
+        ipv4: vec![v4(i)],
+        ipv6: vec![v6(i)],
+        netgroups: vec![format!("g{}", i % groups)],
+        labels: Default::default(),
+        holders: Default::default(),
+        generation: 1,
+        deletion_requested: false,
+    };
+    let mut all: BTreeMap<String, Endpoint> =
+        (0..n).map(|i| (endpoint(i).key(), endpoint(i))).collect();
+    let mut list = vec![Profile::host("bench", &["198.19.0.1".parse().unwrap()])];
+    list.extend((0..groups).map(|g| Profile::netgroup(&format!("g{g}"))));
+    let (mut inputs, _) = PolicyInputs::seed("bench", &all, &list);
+    let (mut incremental, mut scratch) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        // Here and elsewhere, in turn: n + i is even on this node.
+        let added = endpoint(n + i);
+        let key = added.key();
+        all.insert(key.clone(), added);
+        for (before, now) in [(None, true), (all.get(&key).cloned(), false)] {
+            if !now {
+                all.remove(&key);
+            }
+            let changed = HashMap::from([(key.clone(), before)]);
+            let start = Instant::now();
+            let changes = inputs.update(&all, &changed, &list);
+            incremental.push(start.elapsed());
+            assert!(!changes.is_empty());
+        }
+        let start = Instant::now();
+        let mine = all.values().filter(|e| e.node == "bench");
+        let spec = desired_policy(mine, all.values().filter(|e| e.node != "bench"), &list);
+        scratch.push(start.elapsed());
+        assert!(!spec.endpoints.is_empty());
+    }
+    println!(
+        "| daemon side at {n} endpoints (half on this node) in {groups} netgroups: one endpoint's changes (PolicyInputs), median (the whole spec from scratch, desired_policy) | {} ({}) | — |",
+        ms(median(&incremental)),
+        ms(median(&scratch))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        dir.path().join("store.db").to_str().unwrap(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut txn = Txn::default();
+    for p in &list {
+        txn.put_json(p.key(), p);
+    }
+    store.commit(&txn).unwrap();
+    let reads: Vec<Duration> = (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            assert_eq!(profiles::list(&store).unwrap().len(), list.len());
+            start.elapsed()
+        })
+        .collect();
+    println!(
+        "| daemon side: the {} profiles read from a SQLite store, median | {} | — |",
+        list.len(),
+        ms(median(&reads))
+    );
 }
 
 /// The timed part, through one backend.

@@ -9,8 +9,8 @@ use reconcilers::endpoint::{host_ifname, EndpointDataplane, EndpointSpec};
 use reconcilers::policy::{
     ep_in_chain, ep_out_chain, parse_listing, plan, profile_list_id, render, to_nft,
     EndpointPolicy, LibNft, MapTarget, Members, NftBackend, NftBackendKind, NftEvent, NftEvents,
-    NftOptions, PolicyAction, PolicyDataplane, PolicySpec, ProfileRules, Rule, FROM_EP_MAP,
-    LIBNFTABLES, NFT_TIMEOUT, TO_EP_MAP,
+    NftOptions, PolicyAction, PolicyDataplane, PolicySpec, ProfileRules, Rule, SpecChange,
+    FROM_EP_MAP, LIBNFTABLES, NFT_TIMEOUT, TO_EP_MAP,
 };
 use reconcilers::NetnsRef;
 use std::collections::BTreeMap;
@@ -1203,7 +1203,7 @@ fn updates_apply_what_changed_and_recover_from_a_refused_transaction() {
     }];
     gone.extend(member("a", y, false));
     let actions = update(&mut s, gone);
-    assert_eq!(actions.len(), 5, "{actions:?}");
+    assert_eq!(actions.len(), 6, "{actions:?}");
     check_matrix(&eps, |i, j| i != 1 && j != 1, "y is gone");
 
     // Someone else deletes one of z's elements, and no event tells us: the
