@@ -257,7 +257,12 @@ fn daemon_side(n: usize, groups: usize, rounds: usize) {
     use std::collections::{BTreeMap, HashMap};
 
     let endpoint = |i: usize| Endpoint {
-        node: if i % 2 == 0 { "bench" } else { "other" }.to_string(),
+        node: if i.is_multiple_of(2) {
+            "bench"
+        } else {
+            "other"
+        }
+        .to_string(),
         container_id: format!("c{i}"),
         netns: NetnsId { pid: 1, inode: 1 },
         ipv4: vec![v4(i)],

@@ -93,7 +93,7 @@ struct Edits {
     /// (set, element, present afterwards).
     elements: Vec<(&'static str, SetElem, bool)>,
     /// (map, key, `goto` target afterwards).
-    entries: Vec<(&'static str, Arc<str>, Option<Arc<str>>)>,
+    entries: Vec<(&'static str, Arc<str>, Goto)>,
     /// (chain, rules afterwards; `None`: deleted).
     chains: Vec<(Arc<str>, Option<Vec<RuleModel>>)>,
     /// (netgroup set, whole set afterwards; `None`: deleted).
@@ -101,6 +101,9 @@ struct Edits {
     /// (netgroup set, element, present afterwards), for sets that stay.
     members: Vec<(String, SetElem, bool)>,
 }
+
+/// A map entry's chain afterwards (`None`: the entry goes).
+type Goto = Option<Arc<str>>;
 
 /// What changes touched in the spec.
 #[derive(Debug, Default)]
