@@ -49,8 +49,9 @@ pub struct NodeContext {
     /// Every endpoint of the cluster, kept up to date from the store's
     /// changes (policy membership, routes to other nodes' containers).
     pub(super) endpoints: PrefixCache<Endpoint>,
-    /// The policy's place in the changes of `endpoints`.
-    policy_follower: Follower,
+    /// The policy's place in the changes of `endpoints` (only with
+    /// policy on: a follower nobody reads would keep every change).
+    policy_follower: Option<Follower>,
     /// What the policy was last brought up to date with; `None`: the next
     /// run starts from scratch.
     policy_inputs: std::sync::Mutex<Option<PolicyInputs>>,
@@ -78,7 +79,7 @@ impl NodeContext {
             }
         };
         let endpoints = PrefixCache::new(keys::ENDPOINTS);
-        let policy_follower = endpoints.follow();
+        let policy_follower = policy.is_some().then(|| endpoints.follow());
         Ok(NodeContext {
             store,
             node: config.nodename.clone(),
@@ -120,7 +121,7 @@ pub async fn reconcile_policy(
     ctx: &NodeContext,
     dry_run: bool,
 ) -> anyhow::Result<Vec<PolicyAction>> {
-    let Some(dataplane) = &ctx.policy else {
+    let (Some(dataplane), Some(follower)) = (&ctx.policy, &ctx.policy_follower) else {
         return Ok(Vec::new());
     };
     let store = ctx.store.as_ref();
@@ -136,22 +137,21 @@ pub async fn reconcile_policy(
         // read from the store itself.
         let profiles = profiles::list(store)?;
         let from_scratch = dataplane.is_stale();
-        let work =
-            ctx.endpoints
-                .with_changes(store, &ctx.policy_follower, |endpoints, changed| {
-                    let mut inputs = ctx.policy_inputs.lock().expect("policy inputs lock");
-                    match (changed, inputs.as_mut()) {
-                        (Changed::Keys(keys), Some(inputs)) if !from_scratch => {
-                            PolicyWork::Changes(inputs.update(endpoints, &keys, &profiles))
-                        }
-                        _ => {
-                            let (seeded, spec) =
-                                PolicyInputs::seed(&ctx.node, endpoints, &profiles);
-                            *inputs = Some(seeded);
-                            PolicyWork::Whole(spec)
-                        }
+        let work = ctx
+            .endpoints
+            .with_changes(store, follower, |endpoints, changed| {
+                let mut inputs = ctx.policy_inputs.lock().expect("policy inputs lock");
+                match (changed, inputs.as_mut()) {
+                    (Changed::Keys(keys), Some(inputs)) if !from_scratch => {
+                        PolicyWork::Changes(inputs.update(endpoints, &keys, &profiles))
                     }
-                })?;
+                    _ => {
+                        let (seeded, spec) = PolicyInputs::seed(&ctx.node, endpoints, &profiles);
+                        *inputs = Some(seeded);
+                        PolicyWork::Whole(spec)
+                    }
+                }
+            })?;
         let result = match &work {
             PolicyWork::Whole(spec) => dataplane.ensure(spec, false).await,
             PolicyWork::Changes(changes) => dataplane.update(changes).await,
