@@ -6,8 +6,12 @@
 //! - the time to apply one endpoint's policy change on a node with 1,000
 //!   endpoints in 100 netgroups, in a throwaway network namespace: an
 //!   endpoint added, an endpoint removed, a remote member joining a
-//!   netgroup; split into the in-process part (render + plan) and the
-//!   whole `ensure` (with the nftables transaction); and reading the table
+//!   netgroup; handed over as the daemon does (the changed endpoint and
+//!   members, to `PolicyDataplane::update`), split into the in-process
+//!   part, incremental (the rendered policy updated and its delta planned)
+//!   and, for comparison, from scratch (the whole spec rendered and the
+//!   whole table planned, which the incremental path must equal), and the
+//!   whole `update` (with the nftables transaction); and reading the table
 //!   back. Each through both backends in the same run: an `nft` process
 //!   per call, and one persistent libnftables context.
 //!
@@ -17,8 +21,8 @@
 //! dataplane benchmark.)
 
 use reconcilers::policy::{
-    render, EndpointPolicy, LibNft, Members, NftBackend, NftOptions, PolicyDataplane, PolicySpec,
-    ProfileRules, Rule, NFT_TIMEOUT,
+    plan, render, EndpointPolicy, LibNft, Members, NftBackend, NftOptions, PolicyDataplane,
+    PolicySpec, ProfileRules, RenderedPolicy, Rule, SpecChange, Update, NFT_TIMEOUT,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
@@ -91,8 +95,9 @@ fn spec(n: usize, groups: usize, remote: usize) -> PolicySpec {
     spec
 }
 
-/// A change to a spec (the round number picks which endpoint or member).
-type Change<'a> = dyn Fn(&mut PolicySpec, usize) + 'a;
+/// One change as the daemon hands it over, and its undo (the round number
+/// picks which endpoint or member).
+type Change<'a> = dyn Fn(&PolicySpec, usize) -> (Vec<SpecChange>, Vec<SpecChange>) + 'a;
 
 fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();
@@ -101,46 +106,83 @@ fn median(v: &[Duration]) -> Duration {
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-/// Medians of one change, in ms.
+/// The member changes of endpoint `e` (both addresses) in `netgroups`.
+fn members_of(e: usize, netgroups: &[String], present: bool) -> Vec<SpecChange> {
+    netgroups
+        .iter()
+        .flat_map(|g| {
+            [IpAddr::V4(v4(e)), IpAddr::V6(v6(e))].map(|addr| SpecChange::Member {
+                netgroup: g.clone(),
+                addr,
+                present,
+            })
+        })
+        .collect()
+}
+
+/// Medians of one change.
 struct Timed {
-    /// The whole `ensure` making the change.
+    /// The whole `update` making the change, and undoing it.
     change: Duration,
-    /// The whole `ensure` undoing it.
     undo: Duration,
-    /// The in-process part (render + plan), both directions.
-    planning: Duration,
+    /// In process, incremental: the update of the rendered policy and the
+    /// plan of its delta, both directions.
+    incremental: Duration,
+    /// In process, from scratch: render the whole spec and plan the whole
+    /// table against the last one, both directions.
+    from_scratch: Duration,
 }
 
-/// Applies `change(i)` then its undo, `rounds` times.
+/// Applies `change(i)` then its undo, `rounds` times: in process (a
+/// rendered policy of its own, incremental and from scratch) and through
+/// the dataplane.
 fn timed_changes(
     dataplane: &PolicyDataplane,
     rt: &tokio::runtime::Runtime,
     base: &PolicySpec,
     rounds: usize,
-    change: impl Fn(&mut PolicySpec, usize),
+    change: &Change<'_>,
 ) -> Timed {
-    let (mut there, mut back, mut planning) = (Vec::new(), Vec::new(), Vec::new());
+    let mut model = RenderedPolicy::render(base.clone()).unwrap();
+    let mut spec = base.clone();
+    let mut last = render(&spec).unwrap();
+    let (mut there, mut back) = (Vec::new(), Vec::new());
+    let (mut incremental, mut from_scratch) = (Vec::new(), Vec::new());
     for i in 0..rounds {
-        let mut changed = base.clone();
-        change(&mut changed, i);
-        for (target, whole) in [(&changed, &mut there), (base, &mut back)] {
-            // A dry run plans against the cache without touching nftables.
+        let (forth, undo) = change(base, i);
+        for (changes, whole) in [(&forth, &mut there), (&undo, &mut back)] {
             let start = Instant::now();
-            let planned = rt.block_on(dataplane.ensure(target, true)).unwrap();
-            planning.push(start.elapsed());
-            assert!(!planned.is_empty(), "the change makes actions");
+            let actions = match model.update(changes).unwrap() {
+                Update::Delta(delta) => delta.plan(),
+                Update::Rendered => unreachable!("rendered before"),
+            };
+            incremental.push(start.elapsed());
+            assert!(!actions.is_empty(), "the change makes actions");
+
+            for c in changes.iter() {
+                spec.apply(c);
+            }
             let start = Instant::now();
-            rt.block_on(dataplane.ensure(target, false)).unwrap();
+            let desired = render(&spec).unwrap();
+            let full = plan(&desired, Some(&last));
+            from_scratch.push(start.elapsed());
+            assert_eq!(actions, full, "both paths plan alike");
+            last = desired;
+
+            let start = Instant::now();
+            let applied = rt.block_on(dataplane.update(changes)).unwrap();
             whole.push(start.elapsed());
+            assert_eq!(applied, actions, "the dataplane takes the incremental path");
         }
     }
     Timed {
         change: median(&there),
         undo: median(&back),
-        planning: median(&planning),
+        incremental: median(&incremental),
+        from_scratch: median(&from_scratch),
     }
 }
 
@@ -166,6 +208,13 @@ fn main() {
             (rules + elements) as f64 / n as f64
         );
     }
+
+    let (n, groups, rounds) = if quick {
+        (100, 10, 3)
+    } else {
+        (1_000, 100, 20)
+    };
+    daemon_side(n, groups, rounds);
 
     if !testsupport::require_root() {
         return;
@@ -194,6 +243,91 @@ fn main() {
             changes(&dataplane, backend, &rt, n, groups, rounds);
         });
     }
+}
+
+/// The daemon's own part of a run, before the dataplane's (pure, and the
+/// profiles read from a SQLite store): the changes of one endpoint from
+/// `PolicyInputs` against the whole spec from scratch, at `n` endpoints of
+/// which half are this node's.
+fn daemon_side(n: usize, groups: usize, rounds: usize) {
+    use calico_mesos::endpoint::{Endpoint, NetnsId};
+    use calico_mesos::policy::profiles::{self, Profile};
+    use calico_mesos::policy::{desired_policy, PolicyInputs};
+    use calico_mesos::store::{sqlite::SqliteStore, Store, Txn};
+    use std::collections::{BTreeMap, HashMap};
+
+    let endpoint = |i: usize| Endpoint {
+        node: if i.is_multiple_of(2) {
+            "bench"
+        } else {
+            "other"
+        }
+        .to_string(),
+        container_id: format!("c{i}"),
+        netns: NetnsId { pid: 1, inode: 1 },
+        ipv4: vec![v4(i)],
+        ipv6: vec![v6(i)],
+        netgroups: vec![format!("g{}", i % groups)],
+        labels: Default::default(),
+        holders: Default::default(),
+        generation: 1,
+        deletion_requested: false,
+    };
+    let mut all: BTreeMap<String, Endpoint> =
+        (0..n).map(|i| (endpoint(i).key(), endpoint(i))).collect();
+    let mut list = vec![Profile::host("bench", &["198.19.0.1".parse().unwrap()])];
+    list.extend((0..groups).map(|g| Profile::netgroup(&format!("g{g}"))));
+    let (mut inputs, _) = PolicyInputs::seed("bench", &all, &list);
+    let (mut incremental, mut scratch) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        // Here and elsewhere, in turn: n + i is even on this node.
+        let added = endpoint(n + i);
+        let key = added.key();
+        all.insert(key.clone(), added);
+        for (before, now) in [(None, true), (all.get(&key).cloned(), false)] {
+            if !now {
+                all.remove(&key);
+            }
+            let changed = HashMap::from([(key.clone(), before)]);
+            let start = Instant::now();
+            let changes = inputs.update(&all, &changed, &list);
+            incremental.push(start.elapsed());
+            assert!(!changes.is_empty());
+        }
+        let start = Instant::now();
+        let mine = all.values().filter(|e| e.node == "bench");
+        let spec = desired_policy(mine, all.values().filter(|e| e.node != "bench"), &list);
+        scratch.push(start.elapsed());
+        assert!(!spec.endpoints.is_empty());
+    }
+    println!(
+        "| daemon side at {n} endpoints (half on this node) in {groups} netgroups: one endpoint's changes (PolicyInputs), median (the whole spec from scratch, desired_policy) | {} ({}) | — |",
+        ms(median(&incremental)),
+        ms(median(&scratch))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        dir.path().join("store.db").to_str().unwrap(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut txn = Txn::default();
+    for p in &list {
+        txn.put_json(p.key(), p);
+    }
+    store.commit(&txn).unwrap();
+    let reads: Vec<Duration> = (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            assert_eq!(profiles::list(&store).unwrap().len(), list.len());
+            start.elapsed()
+        })
+        .collect();
+    println!(
+        "| daemon side: the {} profiles read from a SQLite store, median | {} | — |",
+        list.len(),
+        ms(median(&reads))
+    );
 }
 
 /// The timed part, through one backend.
@@ -226,52 +360,62 @@ fn changes(
     let cases: [(&str, Box<Change<'_>>); 3] = [
         (
             "an endpoint added / removed again",
-            Box::new(|s: &mut PolicySpec, i| {
+            Box::new(|_, i| {
                 let e = n + i;
-                let g = format!("g{}", i % groups);
-                let m = s.netgroups.get_mut(&g).unwrap();
-                m.ipv4.insert(v4(e));
-                m.ipv6.insert(v6(e));
-                s.endpoints.insert(
-                    ifname(e),
-                    EndpointPolicy {
-                        ipv4: vec![v4(e)],
-                        ipv6: vec![v6(e)],
-                        profiles: vec![HOST.into(), g],
-                    },
-                );
+                let g = vec![format!("g{}", i % groups)];
+                let policy = EndpointPolicy {
+                    ipv4: vec![v4(e)],
+                    ipv6: vec![v6(e)],
+                    profiles: vec![HOST.into(), g[0].clone()],
+                };
+                let endpoint = |policy| SpecChange::Endpoint {
+                    ifname: ifname(e),
+                    policy,
+                };
+                let mut forth = vec![endpoint(Some(policy))];
+                forth.extend(members_of(e, &g, true));
+                let mut undo = vec![endpoint(None)];
+                undo.extend(members_of(e, &g, false));
+                (forth, undo)
             }),
         ),
         (
             "an endpoint removed / back again",
-            Box::new(|s: &mut PolicySpec, i| {
+            Box::new(|s: &PolicySpec, i| {
                 let e = (i * 37) % n;
-                s.endpoints.remove(&ifname(e));
-                for m in s.netgroups.values_mut() {
-                    m.ipv4.remove(&v4(e));
-                    m.ipv6.remove(&v6(e));
-                }
+                let policy = s.endpoints[&ifname(e)].clone();
+                let g = policy.profiles[1..].to_vec();
+                let endpoint = |policy| SpecChange::Endpoint {
+                    ifname: ifname(e),
+                    policy,
+                };
+                let mut forth = vec![endpoint(None)];
+                forth.extend(members_of(e, &g, false));
+                let mut undo = vec![endpoint(Some(policy))];
+                undo.extend(members_of(e, &g, true));
+                (forth, undo)
             }),
         ),
         (
             "a member on another node joins a netgroup / leaves",
-            Box::new(|s: &mut PolicySpec, i| {
-                let g = format!("g{}", i % groups);
-                s.netgroups
-                    .get_mut(&g)
-                    .unwrap()
-                    .ipv4
-                    .insert(v4(200_000 + i));
+            Box::new(|_, i| {
+                let member = |present| SpecChange::Member {
+                    netgroup: format!("g{}", i % groups),
+                    addr: IpAddr::V4(v4(60_000 + i)),
+                    present,
+                };
+                (vec![member(true)], vec![member(false)])
             }),
         ),
     ];
     for (what, change) in cases {
-        let t = timed_changes(dataplane, rt, &base, rounds, change);
+        let t = timed_changes(dataplane, rt, &base, rounds, &*change);
         println!(
-            "| {backend}: one change at {n} endpoints in {groups} netgroups: {what}, medians (render + plan in process) | {} / {} ({}) | ≤ 5 ms |",
+            "| {backend}: one change at {n} endpoints in {groups} netgroups: {what}, medians of the whole update (in process: incremental; from scratch) | {} / {} ({}; {}) | ≤ 5 ms |",
             ms(t.change),
             ms(t.undo),
-            ms(t.planning)
+            ms(t.incremental),
+            ms(t.from_scratch)
         );
     }
     rt.block_on(dataplane.remove()).unwrap();

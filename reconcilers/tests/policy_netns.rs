@@ -9,8 +9,8 @@ use reconcilers::endpoint::{host_ifname, EndpointDataplane, EndpointSpec};
 use reconcilers::policy::{
     ep_in_chain, ep_out_chain, parse_listing, plan, profile_list_id, render, to_nft,
     EndpointPolicy, LibNft, MapTarget, Members, NftBackend, NftBackendKind, NftEvent, NftEvents,
-    NftOptions, PolicyAction, PolicyDataplane, PolicySpec, ProfileRules, Rule, FROM_EP_MAP,
-    LIBNFTABLES, NFT_TIMEOUT, TO_EP_MAP,
+    NftOptions, PolicyAction, PolicyDataplane, PolicySpec, ProfileRules, Rule, SpecChange,
+    FROM_EP_MAP, LIBNFTABLES, NFT_TIMEOUT, TO_EP_MAP,
 };
 use reconcilers::NetnsRef;
 use std::collections::BTreeMap;
@@ -1140,4 +1140,88 @@ fn a_library_that_does_not_load_falls_back_to_nft_processes() {
     assert_eq!(observed, Some(render(&s).unwrap()));
     assert_eq!(netfilter_sockets_in(node.ns.inode()), Vec::<bool>::new());
     drop(dp);
+}
+
+#[test]
+fn updates_apply_what_changed_and_recover_from_a_refused_transaction() {
+    if !require_root() {
+        return;
+    }
+    let h = Harness::new("polupd", 13);
+    let eps = endpoints(&h, 3);
+    let (x, y, z) = (&eps[0], &eps[1], &eps[2]);
+    let mut s = spec(&h.node, &[x, y, z], &[&["a"], &["a"], &["b"]]);
+    h.ensure(&s);
+    let update = |s: &mut PolicySpec, changes: Vec<SpecChange>| {
+        for c in &changes {
+            s.apply(c);
+        }
+        let actions = h.block(async |dp| dp.update(&changes).await.unwrap());
+        h.assert_kernel_is(s);
+        actions.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let member = |netgroup: &str, e: &Ep, present: bool| {
+        [IpAddr::V4(e.v4), IpAddr::V6(e.v6)].map(|addr| SpecChange::Member {
+            netgroup: netgroup.into(),
+            addr,
+            present,
+        })
+    };
+    check_matrix(&eps, |i, j| i < 2 && j < 2, "x and y share a, z is alone");
+
+    // z joins a: its addresses become a's members (two elements), so it
+    // reaches x and y; they do not reach z yet (its list is [host, b]).
+    let actions = update(&mut s, member("a", z, true).to_vec());
+    assert_eq!(
+        actions,
+        [
+            "add 1 element to set ng.a.v4",
+            "add 1 element to set ng.a.v6"
+        ]
+    );
+    // z's list gains a: new chains, z's map entries move to them.
+    let mut moved = s.endpoints[&z.ifname].clone();
+    moved.profiles.push("a".into());
+    let actions = update(
+        &mut s,
+        vec![SpecChange::Endpoint {
+            ifname: z.ifname.clone(),
+            policy: Some(moved),
+        }],
+    );
+    assert!(
+        actions.iter().any(|a| a.starts_with("create chain ep-in.")),
+        "{actions:?}"
+    );
+    check_matrix(&eps, |_, _| true, "all three in a");
+
+    // y goes: its elements and entries, nothing else; its interface is
+    // then dropped.
+    let mut gone = vec![SpecChange::Endpoint {
+        ifname: y.ifname.clone(),
+        policy: None,
+    }];
+    gone.extend(member("a", y, false));
+    let actions = update(&mut s, gone);
+    assert_eq!(actions.len(), 6, "{actions:?}");
+    check_matrix(&eps, |i, j| i != 1 && j != 1, "y is gone");
+
+    // Someone else deletes one of z's elements, and no event tells us: the
+    // transaction that deletes it too is refused, the table is read back
+    // and planned again.
+    h.nft(&[
+        "delete",
+        "element",
+        "inet",
+        "calico-mesos",
+        "ng.a.v4",
+        &format!("{{ {} }}", z.v4),
+    ]);
+    let actions = update(&mut s, member("a", z, false).to_vec());
+    assert_eq!(actions, ["delete 1 element from set ng.a.v6"]);
+    check_matrix(
+        &eps,
+        |i, j| i != 1 && j != 1 && !(i == 2 && j == 0),
+        "z left a",
+    );
 }

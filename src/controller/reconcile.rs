@@ -10,15 +10,15 @@ use super::coalesce::Coalesced;
 use crate::config::{Config, PolicyMode};
 use crate::endpoint::{self, Endpoint, EndpointStatus, Phase};
 use crate::ipam;
-use crate::policy::{self, profiles};
-use crate::store::cache::PrefixCache;
+use crate::policy::{self, profiles, PolicyInputs};
+use crate::store::cache::{Changed, Follower, PrefixCache};
 use crate::store::{keys, Store, Versioned};
 use anyhow::Context as _;
 use reconcilers::endpoint::{
     host_ifname, Action, EndpointDataplane, EndpointError, EndpointSpec, Inventory,
 };
 use reconcilers::fabric::{FabricAction, FabricDataplane};
-use reconcilers::policy::{PolicyAction, PolicyDataplane};
+use reconcilers::policy::{PolicyAction, PolicyDataplane, PolicySpec, SpecChange};
 use reconcilers::NetnsRef;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -49,6 +49,12 @@ pub struct NodeContext {
     /// Every endpoint of the cluster, kept up to date from the store's
     /// changes (policy membership, routes to other nodes' containers).
     pub(super) endpoints: PrefixCache<Endpoint>,
+    /// The policy's place in the changes of `endpoints` (only with
+    /// policy on: a follower nobody reads would keep every change).
+    policy_follower: Option<Follower>,
+    /// What the policy was last brought up to date with; `None`: the next
+    /// run starts from scratch.
+    policy_inputs: std::sync::Mutex<Option<PolicyInputs>>,
 }
 
 impl NodeContext {
@@ -72,6 +78,8 @@ impl NodeContext {
                 None
             }
         };
+        let endpoints = PrefixCache::new(keys::ENDPOINTS);
+        let policy_follower = policy.is_some().then(|| endpoints.follow());
         Ok(NodeContext {
             store,
             node: config.nodename.clone(),
@@ -90,7 +98,9 @@ impl NodeContext {
                 None
             },
             fabric_runs: Coalesced::default(),
-            endpoints: PrefixCache::new(keys::ENDPOINTS),
+            endpoints,
+            policy_follower,
+            policy_inputs: std::sync::Mutex::new(None),
         })
     }
 }
@@ -100,34 +110,67 @@ impl NodeContext {
 /// netgroup membership across the cluster. Concurrent calls are coalesced:
 /// a caller is answered by any run that started after it asked. Returns
 /// what this call changed (or, with `dry_run`, would change).
+///
+/// A run hands the dataplane only what changed since the last one (the
+/// endpoints the cache saw change, the profiles that differ), which costs
+/// what changed. It starts from scratch (every endpoint, the whole table
+/// rendered again and compared) on the first run, after the cache listed
+/// the store again, after a failed run, when the dataplane was told to
+/// forget what it applied (drift, resync), and for a dry run.
 pub async fn reconcile_policy(
     ctx: &NodeContext,
     dry_run: bool,
 ) -> anyhow::Result<Vec<PolicyAction>> {
-    let Some(dataplane) = &ctx.policy else {
+    let (Some(dataplane), Some(follower)) = (&ctx.policy, &ctx.policy_follower) else {
         return Ok(Vec::new());
     };
+    let store = ctx.store.as_ref();
+    if dry_run {
+        let profiles = profiles::list(store)?;
+        let spec = ctx.endpoints.with_current(store, |endpoints| {
+            PolicyInputs::seed(&ctx.node, endpoints, &profiles).1
+        })?;
+        return Ok(dataplane.ensure(&spec, true).await?);
+    }
     let run = || async {
-        let store = ctx.store.as_ref();
         // Profiles are few, and one an isolate has just made must be seen:
         // read from the store itself.
         let profiles = profiles::list(store)?;
-        let spec = ctx.endpoints.with_current(store, |endpoints| {
-            // Membership counts both, so this node's endpoints are left
-            // out of the cluster's.
-            let all = endpoints.values();
-            policy::desired_policy(
-                all.clone().filter(|e| e.node == ctx.node),
-                all.filter(|e| e.node != ctx.node),
-                &profiles,
-            )
-        })?;
-        anyhow::Ok(dataplane.ensure(&spec, dry_run).await?)
+        let from_scratch = dataplane.is_stale();
+        let work = ctx
+            .endpoints
+            .with_changes(store, follower, |endpoints, changed| {
+                let mut inputs = ctx.policy_inputs.lock().expect("policy inputs lock");
+                match (changed, inputs.as_mut()) {
+                    (Changed::Keys(keys), Some(inputs)) if !from_scratch => {
+                        PolicyWork::Changes(inputs.update(endpoints, &keys, &profiles))
+                    }
+                    _ => {
+                        let (seeded, spec) = PolicyInputs::seed(&ctx.node, endpoints, &profiles);
+                        *inputs = Some(seeded);
+                        PolicyWork::Whole(spec)
+                    }
+                }
+            })?;
+        let result = match &work {
+            PolicyWork::Whole(spec) => dataplane.ensure(spec, false).await,
+            PolicyWork::Changes(changes) => dataplane.update(changes).await,
+        };
+        if result.is_err() {
+            // Whatever the dataplane took of it, start again from scratch.
+            *ctx.policy_inputs.lock().expect("policy inputs lock") = None;
+        }
+        anyhow::Ok(result?)
     };
-    if dry_run {
-        return run().await;
-    }
     Ok(ctx.policy_runs.run(run).await?.unwrap_or_default())
+}
+
+/// What one policy run hands the dataplane.
+enum PolicyWork {
+    /// The whole spec, to render from scratch.
+    Whole(PolicySpec),
+    /// What changed since the last run.
+    Changes(Vec<SpecChange>),
 }
 
 /// What a reconcile of one endpoint found and did.

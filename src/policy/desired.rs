@@ -1,7 +1,9 @@
 //! The desired policy of one node, computed from intent: this node's
 //! endpoints, every endpoint of the cluster (netgroup membership) and the
 //! profiles. Pure: no store, no kernel; the policy reconciler is handed the
-//! result as plain data.
+//! result as plain data. This is the definition from scratch; the daemon
+//! computes the same incrementally ([`PolicyInputs`](super::PolicyInputs)),
+//! and the tests hold the two to one table.
 
 use super::profiles::{profile_names, Profile};
 use crate::endpoint::Endpoint;
@@ -38,22 +40,15 @@ where
         profiles.into_iter().map(|p| (p.name.as_str(), p)).collect();
     let mut spec = PolicySpec::default();
     for ep in node_endpoints.clone().filter(|e| !e.deletion_requested) {
-        let names = profile_names(ep, &ep.node);
-        for name in &names {
+        for name in &profile_names(ep, &ep.node) {
             if let Some(profile) = by_name.get(name.as_str()) {
                 spec.profiles
                     .entry(name.clone())
                     .or_insert_with(|| profile.rules.clone());
             }
         }
-        spec.endpoints.insert(
-            host_ifname(&ep.container_id),
-            EndpointPolicy {
-                ipv4: ep.ipv4.clone(),
-                ipv6: ep.ipv6.clone(),
-                profiles: names,
-            },
-        );
+        spec.endpoints
+            .insert(host_ifname(&ep.container_id), endpoint_policy(ep));
     }
     let named: BTreeSet<&str> = spec
         .profiles
@@ -68,20 +63,39 @@ where
         .iter()
         .map(|n| (n.to_string(), Members::default()))
         .collect();
-    let live = cluster_endpoints
-        .into_iter()
-        .chain(node_endpoints)
-        .filter(|e| !e.deletion_requested);
-    for ep in live {
-        for netgroup in &ep.netgroups {
+    for ep in cluster_endpoints.into_iter().chain(node_endpoints) {
+        for (netgroup, addr) in memberships(ep) {
             if let Some(members) = netgroups.get_mut(netgroup) {
-                members.ipv4.extend(&ep.ipv4);
-                members.ipv6.extend(&ep.ipv6);
+                match addr {
+                    IpAddr::V4(a) => members.ipv4.insert(a),
+                    IpAddr::V6(a) => members.ipv6.insert(a),
+                };
             }
         }
     }
     spec.netgroups = netgroups;
     spec
+}
+
+/// The policy of one endpoint of this node (not being deleted).
+pub(super) fn endpoint_policy(ep: &Endpoint) -> EndpointPolicy {
+    EndpointPolicy {
+        ipv4: ep.ipv4.clone(),
+        ipv6: ep.ipv6.clone(),
+        profiles: profile_names(ep, &ep.node),
+    }
+}
+
+/// The (netgroup, address) pairs an endpoint of any node makes members:
+/// none while it is being deleted.
+pub(super) fn memberships(ep: &Endpoint) -> BTreeSet<(&str, IpAddr)> {
+    if ep.deletion_requested {
+        return BTreeSet::new();
+    }
+    ep.netgroups
+        .iter()
+        .flat_map(|n| addresses(ep).into_iter().map(move |a| (n.as_str(), a)))
+        .collect()
 }
 
 /// An endpoint's addresses, IPv4 first.

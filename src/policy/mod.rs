@@ -1,14 +1,17 @@
 //! Policy intent (DESIGN.md, "Policy"): the profiles in the store, the
 //! node's own addresses its host profile allows, and the pure computation
-//! of one node's desired policy ([`desired_policy`]) that the nftables
-//! reconciler is handed. The data model is the reconcilers crate's
+//! of one node's desired policy ([`desired_policy`], and incrementally,
+//! from what changed, [`PolicyInputs`]) that the nftables reconciler is
+//! handed. The data model is the reconcilers crate's
 //! (`reconcilers::policy`); this module never touches the kernel itself
 //! (detecting the node's addresses is a read the reconcilers crate does).
 
 mod desired;
+mod inputs;
 pub mod profiles;
 
 pub use desired::{addresses, desired_policy};
+pub use inputs::PolicyInputs;
 pub use profiles::{
     ensure_host_profile, ensure_profiles, host_profile_name, needed_profiles, profile_names,
     Profile, ProfileError, ProfileKind,

@@ -12,6 +12,10 @@
 //! [notes](PrefixCache::note) it; whoever needs everything as it is now
 //! (the stray sweep) reads the store.
 //!
+//! A reader that must follow every change (the node's policy, kept up to
+//! date incrementally) registers as a [`Follower`] and is told, on each
+//! look, which keys changed since its last one and what they held then.
+//!
 //! Only reads the store.
 
 use super::{decode, Change, Revision, Store, StoreError};
@@ -23,7 +27,40 @@ use std::sync::Mutex;
 #[derive(Debug)]
 pub struct PrefixCache<T> {
     prefix: &'static str,
-    state: Mutex<Option<Cached<T>>>,
+    state: Mutex<State<T>>,
+}
+
+#[derive(Debug)]
+struct State<T> {
+    cached: Option<Cached<T>>,
+    /// What changed for each [`Follower`], by its number.
+    pending: Vec<Changed<T>>,
+}
+
+/// One reader of a cache's changes (see [`PrefixCache::follow`]).
+#[derive(Debug)]
+pub struct Follower(usize);
+
+/// What changed under the prefix since a [`Follower`] last looked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Changed<T> {
+    /// Anything may have: the cache (re)read everything (its first
+    /// listing, or a relist after compaction).
+    Everything,
+    /// These keys, each with the value it had when the follower last
+    /// looked (`None`: absent then). A key may be back at that value.
+    Keys(HashMap<String, Option<T>>),
+}
+
+impl<T: Clone> Changed<T> {
+    /// Notes that `key`, which held `before`, is changing.
+    fn note(&mut self, key: &str, before: Option<&T>) {
+        if let Changed::Keys(keys) = self {
+            if !keys.contains_key(key) {
+                keys.insert(key.to_string(), before.cloned());
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -38,7 +75,7 @@ struct Cached<T> {
     revisions: HashMap<String, Revision>,
 }
 
-impl<T: DeserializeOwned> Cached<T> {
+impl<T: DeserializeOwned + Clone> Cached<T> {
     /// Reads everything. The revision is read first: a change made
     /// between the two reads is in the listing and comes again from the
     /// next `changes_since`, where applying it again changes nothing.
@@ -64,22 +101,44 @@ impl<T: DeserializeOwned> Cached<T> {
         self.revisions.get(key).is_none_or(|held| revision > *held)
     }
 
+    /// Sets `key` to `value` (`None`: deletes it) at `revision`, telling
+    /// every follower.
+    fn set(&mut self, key: &str, value: Option<T>, revision: Revision, pending: &mut [Changed<T>]) {
+        for p in pending.iter_mut() {
+            p.note(key, self.objects.get(key));
+        }
+        match value {
+            Some(v) => {
+                self.objects.insert(key.to_string(), v);
+                self.revisions.insert(key.to_string(), revision);
+            }
+            None => {
+                self.objects.remove(key);
+                self.revisions.remove(key);
+            }
+        }
+    }
+
     /// Applies the store's changes since `self.revision`.
-    fn refresh(&mut self, store: &dyn Store, prefix: &str) -> Result<(), StoreError> {
+    fn refresh(
+        &mut self,
+        store: &dyn Store,
+        prefix: &str,
+        pending: &mut [Changed<T>],
+    ) -> Result<(), StoreError> {
         let changes = store.changes_since(self.revision)?;
         for change in &changes.changes {
             match change {
                 Change::Put(kv)
                     if kv.key.starts_with(prefix) && self.is_newer(&kv.key, kv.mod_revision) =>
                 {
-                    self.objects.insert(kv.key.clone(), decode(kv)?);
-                    self.revisions.insert(kv.key.clone(), kv.mod_revision);
+                    let value = decode(kv)?;
+                    self.set(&kv.key, Some(value), kv.mod_revision, pending);
                 }
                 Change::Delete { key, revision }
                     if key.starts_with(prefix) && self.is_newer(key, *revision) =>
                 {
-                    self.objects.remove(key);
-                    self.revisions.remove(key);
+                    self.set(key, None, *revision, pending);
                 }
                 _ => {}
             }
@@ -89,13 +148,25 @@ impl<T: DeserializeOwned> Cached<T> {
     }
 }
 
-impl<T: DeserializeOwned> PrefixCache<T> {
+impl<T: DeserializeOwned + Clone> PrefixCache<T> {
     /// An empty cache of the objects under `prefix` (filled on first use).
     pub fn new(prefix: &'static str) -> PrefixCache<T> {
         PrefixCache {
             prefix,
-            state: Mutex::new(None),
+            state: Mutex::new(State {
+                cached: None,
+                pending: Vec::new(),
+            }),
         }
+    }
+
+    /// A new reader of the changes: its first
+    /// [`with_changes`](Self::with_changes) is told
+    /// [`Changed::Everything`].
+    pub fn follow(&self) -> Follower {
+        let mut state = self.state.lock().expect("prefix cache lock");
+        state.pending.push(Changed::Everything);
+        Follower(state.pending.len() - 1)
     }
 
     /// Brings the cache up to the store's latest revision and runs `f`
@@ -106,23 +177,62 @@ impl<T: DeserializeOwned> PrefixCache<T> {
         f: impl FnOnce(&BTreeMap<String, T>) -> R,
     ) -> Result<R, StoreError> {
         let mut state = self.state.lock().expect("prefix cache lock");
-        let current = match state.take() {
-            None => Cached::list(store, self.prefix)?,
-            Some(mut cached) => match cached.refresh(store, self.prefix) {
-                Ok(()) => cached,
+        let objects = self.current(store, &mut state)?;
+        Ok(f(objects))
+    }
+
+    /// As [`with_current`](Self::with_current), and tells `f` what changed
+    /// since `follower`'s last call (from then on, it is told only what
+    /// changes after this one). Nothing is taken when the store fails.
+    pub fn with_changes<R>(
+        &self,
+        store: &dyn Store,
+        follower: &Follower,
+        f: impl FnOnce(&BTreeMap<String, T>, Changed<T>) -> R,
+    ) -> Result<R, StoreError> {
+        let mut state = self.state.lock().expect("prefix cache lock");
+        self.current(store, &mut state)?;
+        let changed = std::mem::replace(
+            &mut state.pending[follower.0],
+            Changed::Keys(HashMap::new()),
+        );
+        let objects = &state.cached.as_ref().expect("just read").objects;
+        Ok(f(objects, changed))
+    }
+
+    fn current<'s>(
+        &self,
+        store: &dyn Store,
+        state: &'s mut State<T>,
+    ) -> Result<&'s BTreeMap<String, T>, StoreError> {
+        let State { cached, pending } = state;
+        let current = match cached.take() {
+            None => Self::relist(store, self.prefix, pending)?,
+            Some(mut c) => match c.refresh(store, self.prefix, pending) {
+                Ok(()) => c,
                 // History we have not seen is gone, or a value we cannot
                 // read was half applied: start again from a full listing.
                 Err(StoreError::Compacted { .. } | StoreError::Corrupt { .. }) => {
-                    Cached::list(store, self.prefix)?
+                    Self::relist(store, self.prefix, pending)?
                 }
                 // The store did not answer; nothing was applied.
                 Err(e) => {
-                    *state = Some(cached);
+                    *cached = Some(c);
                     return Err(e);
                 }
             },
         };
-        Ok(f(&state.insert(current).objects))
+        Ok(&cached.insert(current).objects)
+    }
+
+    fn relist(
+        store: &dyn Store,
+        prefix: &str,
+        pending: &mut [Changed<T>],
+    ) -> Result<Cached<T>, StoreError> {
+        let listed = Cached::list(store, prefix)?;
+        pending.fill(Changed::Everything);
+        Ok(listed)
     }
 
     /// Records `value` as `key`'s state at `mod_revision`, read from the
@@ -136,10 +246,10 @@ impl<T: DeserializeOwned> PrefixCache<T> {
     /// [`with_current`]: PrefixCache::with_current
     pub fn note(&self, key: &str, value: T, mod_revision: Revision) {
         let mut state = self.state.lock().expect("prefix cache lock");
-        if let Some(cached) = state.as_mut() {
+        let State { cached, pending } = &mut *state;
+        if let Some(cached) = cached.as_mut() {
             if cached.is_newer(key, mod_revision) {
-                cached.objects.insert(key.to_string(), value);
-                cached.revisions.insert(key.to_string(), mod_revision);
+                cached.set(key, Some(value), mod_revision, pending);
             }
         }
     }
@@ -276,5 +386,52 @@ mod tests {
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         put(&store, &ep("a", "2"));
         assert_eq!(ids(&cache, &store), ["a/1", "a/2"]);
+    }
+
+    #[test]
+    fn a_follower_is_told_each_changed_key_with_its_value_before() {
+        let (_dir, store) = sqlite();
+        let cache = PrefixCache::<Endpoint>::new(keys::ENDPOINTS);
+        let follower = cache.follow();
+        let changed = |cache: &PrefixCache<Endpoint>| {
+            cache
+                .with_changes(&store, &follower, |_, changed| match changed {
+                    Changed::Everything => None,
+                    Changed::Keys(keys) => Some(
+                        keys.into_iter()
+                            .map(|(k, v)| (k, v.map(|e| e.generation)))
+                            .collect::<BTreeMap<_, _>>(),
+                    ),
+                })
+                .unwrap()
+        };
+        put(&store, &ep("a", "1"));
+        assert_eq!(changed(&cache), None, "the first look is everything");
+        assert_eq!(changed(&cache), Some(BTreeMap::new()));
+        // Changes seen by another reader of the cache still reach it, with
+        // the value before the first of them.
+        let mut second = ep("a", "1");
+        second.generation = 2;
+        put(&store, &second);
+        put(&store, &ep("b", "2"));
+        assert_eq!(ids(&cache, &store), ["a/1", "b/2"]);
+        let mut third = ep("a", "1");
+        third.generation = 3;
+        let key = keys::endpoint("a", "1");
+        cache.note(&key, third, store.revision().unwrap() + 1);
+        let mut txn = Txn::default();
+        txn.delete(keys::endpoint("b", "2"));
+        store.commit(&txn).unwrap();
+        assert_eq!(
+            changed(&cache),
+            Some(BTreeMap::from([
+                (key.clone(), Some(1)),
+                (keys::endpoint("b", "2"), None)
+            ]))
+        );
+        // A relist is everything again.
+        put(&store, &ep("c", "3"));
+        store.compact(store.revision().unwrap()).unwrap();
+        assert_eq!(changed(&cache), None);
     }
 }

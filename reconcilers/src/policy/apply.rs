@@ -1,4 +1,5 @@
-//! [`PolicyDataplane`]: render → plan → one nftables transaction, through
+//! [`PolicyDataplane`]: render (whole, or only what changed) → plan → one
+//! nftables transaction, through
 //! the [`NftBackend`] it was given (libnftables in process by default, else
 //! an `nft` process per call).
 //!
@@ -7,11 +8,13 @@
 //! deletes any other table.
 
 use super::backend::{NftBackend, NftBackendKind, NftOptions};
+use super::change::SpecChange;
+use super::incremental::{RenderedPolicy, Update};
 use super::model::PolicySpec;
 use super::nft::{delete_table, to_nft};
 use super::observe::{is_missing_table, parse_listing, ObserveError};
 use super::plan::{plan, PolicyAction};
-use super::render::{render, RenderError};
+use super::render::RenderError;
 use super::ruleset::{Ruleset, TABLE};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -94,19 +97,36 @@ enum Known {
     Unknown,
     /// The table does not exist.
     Absent,
-    /// The table is this (what we last applied or read).
+    /// The table is this (what we read).
     Present(Ruleset),
+    /// The table is what [`State::desired`] renders to (we applied it).
+    Desired,
+}
+
+/// What a dataplane wants and what it knows of the kernel.
+#[derive(Debug)]
+struct State {
+    /// The desired policy, kept rendered; `None` before the first call.
+    desired: Option<RenderedPolicy>,
+    /// The kernel's table.
+    known: Known,
 }
 
 /// The policy reconciler of one node, bound to the network namespace of
 /// the thread that created it: every nftables call it makes is in that
 /// namespace. Dropping it frees its backend (and with it any socket that
 /// would keep the namespace alive).
+///
+/// It keeps the desired policy rendered in memory: [`ensure`](Self::ensure)
+/// replaces it with a whole spec (rendered from scratch),
+/// [`update`](Self::update) changes it by [`SpecChange`]s at the cost of the
+/// change (see [`RenderedPolicy`]).
 #[derive(Debug)]
 pub struct PolicyDataplane {
     backend: NftBackend,
-    /// Serialises `ensure`/`remove`, and holds what we know of the table.
-    known: tokio::sync::Mutex<Known>,
+    /// Serialises `ensure`/`update`/`remove`, and holds what we want and
+    /// what we know of the table.
+    state: tokio::sync::Mutex<State>,
     /// Set by [`forget`](Self::forget): the next call reads the kernel.
     stale: AtomicBool,
 }
@@ -131,7 +151,10 @@ impl PolicyDataplane {
     pub fn with_backend(backend: NftBackend) -> PolicyDataplane {
         PolicyDataplane {
             backend,
-            known: tokio::sync::Mutex::new(Known::Unknown),
+            state: tokio::sync::Mutex::new(State {
+                desired: None,
+                known: Known::Unknown,
+            }),
             stale: AtomicBool::new(false),
         }
     }
@@ -150,6 +173,12 @@ impl PolicyDataplane {
     /// trusting what it last applied.
     pub fn forget(&self) {
         self.stale.store(true, Ordering::SeqCst);
+    }
+
+    /// True after [`forget`](Self::forget) until the next call has read
+    /// the kernel.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::SeqCst)
     }
 
     /// True when a committed generation reported with `pid` was our own
@@ -175,37 +204,118 @@ impl PolicyDataplane {
         self.backend.apply(&doc, &what).await
     }
 
-    async fn current(&self, known: &mut Known) -> Result<Option<Ruleset>, PolicyError> {
-        if self.stale.swap(false, Ordering::SeqCst) {
+    /// The kernel's table as far as we know it, reading it when we do
+    /// not (and remembering what was read). `previous` is what
+    /// [`Known::Desired`] stands for.
+    async fn current<'k>(
+        &self,
+        known: &'k mut Known,
+        previous: Option<&'k Ruleset>,
+    ) -> Result<Option<&'k Ruleset>, PolicyError> {
+        if self.stale.swap(false, Ordering::SeqCst)
+            || (matches!(known, Known::Desired) && previous.is_none())
+        {
             *known = Known::Unknown;
         }
-        Ok(match std::mem::replace(known, Known::Unknown) {
+        if matches!(known, Known::Unknown) {
+            *known = match self.observe().await? {
+                Some(r) => Known::Present(r),
+                None => Known::Absent,
+            };
+        }
+        Ok(match known {
             Known::Present(r) => Some(r),
-            Known::Absent => None,
-            Known::Unknown => self.observe().await?,
+            Known::Desired => previous,
+            Known::Absent | Known::Unknown => None,
         })
     }
 
-    /// Makes our table hold the policy of `spec`, in one nft transaction.
-    /// Returns the actions taken (with `dry_run`, the ones it would take,
-    /// changing nothing). Compares with what it last applied unless
-    /// [`forget`](Self::forget) was called; when the kernel refuses the
-    /// transaction it reads the kernel, plans again and applies once more.
+    /// Makes our table hold the policy of `spec`, rendered from scratch,
+    /// in one nft transaction. Returns the actions taken (with `dry_run`,
+    /// the ones it would take, changing nothing). Compares with what it
+    /// last applied unless [`forget`](Self::forget) was called; when the
+    /// kernel refuses the transaction it reads the kernel, plans again and
+    /// applies once more. Without `dry_run`, `spec` becomes the base that
+    /// [`update`](Self::update) changes (even when applying fails).
     pub async fn ensure(
         &self,
         spec: &PolicySpec,
         dry_run: bool,
     ) -> Result<Vec<PolicyAction>, PolicyError> {
-        let desired = render(spec)?;
-        let mut known = self.known.lock().await;
+        let fresh = RenderedPolicy::render(spec.clone())?;
+        let mut state = self.state.lock().await;
         let started = Instant::now();
-        let current = self.current(&mut known).await?;
-        let actions = plan(&desired, current.as_ref());
-        if dry_run || actions.is_empty() {
-            *known = match current {
-                Some(r) => Known::Present(r),
-                None => Known::Absent,
-            };
+        let State { desired, known } = &mut *state;
+        let previous = desired.as_ref().and_then(RenderedPolicy::ruleset);
+        let current = self.current(known, previous).await?;
+        let want = fresh.ruleset().expect("rendered");
+        let actions = plan(want, current);
+        if dry_run {
+            return Ok(actions);
+        }
+        // `converge` sets `known` before anything else, so it never says
+        // `Desired` of the replaced policy.
+        *desired = Some(fresh);
+        let want = desired.as_ref().and_then(RenderedPolicy::ruleset);
+        self.converge(known, want.expect("rendered"), actions, started)
+            .await
+    }
+
+    /// Changes the desired policy by `changes` (starting from the empty
+    /// spec when [`ensure`](Self::ensure) never ran) and makes our table
+    /// hold it, in one nft transaction. When the table holds what was last
+    /// applied, only what the changes touch is rendered and compared (the
+    /// same actions as comparing everything); otherwise, as after
+    /// [`forget`](Self::forget) or a failure, the whole desired table is
+    /// compared with the kernel's. Returns the actions taken.
+    pub async fn update(&self, changes: &[SpecChange]) -> Result<Vec<PolicyAction>, PolicyError> {
+        let mut state = self.state.lock().await;
+        let started = Instant::now();
+        let State { desired, known } = &mut *state;
+        let desired = desired.get_or_insert_with(RenderedPolicy::default);
+        if self.stale.swap(false, Ordering::SeqCst) {
+            *known = Known::Unknown;
+        }
+        if matches!(known, Known::Desired) && desired.ruleset().is_none() {
+            *known = Known::Unknown;
+        }
+        let step = match desired.update(changes) {
+            Ok(step) => step,
+            Err(e) => {
+                if matches!(known, Known::Desired) {
+                    *known = Known::Unknown;
+                }
+                return Err(e.into());
+            }
+        };
+        let want = desired.ruleset().expect("updated");
+        let actions = match step {
+            Update::Delta(delta) if matches!(known, Known::Desired) => delta.plan(),
+            _ => {
+                // The table before the changes is gone from memory: a
+                // whole comparison needs the kernel's (or a remembered) one.
+                if matches!(known, Known::Desired) {
+                    *known = Known::Unknown;
+                }
+                let current = self.current(known, None).await?;
+                plan(want, current)
+            }
+        };
+        self.converge(known, want, actions, started).await
+    }
+
+    /// Applies `actions` (planned for `want` against what `known` says),
+    /// reading the kernel and planning again once if the kernel refuses
+    /// them; `known` ends as [`Known::Desired`] on success.
+    async fn converge(
+        &self,
+        known: &mut Known,
+        want: &Ruleset,
+        actions: Vec<PolicyAction>,
+        started: Instant,
+    ) -> Result<Vec<PolicyAction>, PolicyError> {
+        if actions.is_empty() {
+            *known = Known::Desired;
             return Ok(actions);
         }
         // Until it succeeds, the kernel's state is uncertain.
@@ -215,7 +325,7 @@ impl PolicyDataplane {
             Err(e) if e.retryable() => {
                 tracing::warn!(error = %e, "policy transaction refused; reading the table and planning again");
                 let observed = self.observe().await?;
-                let again = plan(&desired, observed.as_ref());
+                let again = plan(want, observed.as_ref());
                 if !again.is_empty() {
                     self.apply(&again).await?;
                 }
@@ -228,14 +338,14 @@ impl PolicyDataplane {
             took_ms = started.elapsed().as_millis() as u64,
             "policy applied"
         );
-        *known = Known::Present(desired);
+        *known = Known::Desired;
         Ok(actions)
     }
 
     /// Deletes our table if it exists; true when it did.
     pub async fn remove(&self) -> Result<bool, PolicyError> {
-        let mut known = self.known.lock().await;
-        *known = Known::Unknown;
+        let mut state = self.state.lock().await;
+        state.known = Known::Unknown;
         let doc = serde_json::to_vec(&delete_table()).expect("nft documents always serialise");
         let what = format!("delete table inet {TABLE}");
         let existed = match self.backend.apply(&doc, &what).await {
@@ -243,7 +353,7 @@ impl PolicyDataplane {
             Err(PolicyError::NftFailed { stderr, .. }) if is_missing_table(&stderr) => false,
             Err(e) => return Err(e),
         };
-        *known = Known::Absent;
+        state.known = Known::Absent;
         Ok(existed)
     }
 }

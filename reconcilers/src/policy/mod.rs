@@ -6,7 +6,8 @@
 //! "Policy" and "Dataplane per endpoint").
 //!
 //! Pure planning is separated from side effects: [`render()`] (spec →
-//! [`Ruleset`]), [`parse_listing`] (nft's JSON → [`Ruleset`]), [`plan()`]
+//! [`Ruleset`]), [`RenderedPolicy`] (the same, kept up to date from
+//! [`SpecChange`]s at the cost of the change), [`parse_listing`] (nft's JSON → [`Ruleset`]), [`plan()`]
 //! (desired, observed → [`PolicyAction`]s) and [`to_nft()`] (actions → one
 //! nft JSON transaction) touch nothing. [`PolicyDataplane`] applies them
 //! through an [`NftBackend`] (libnftables in process, else `nft`);
@@ -18,7 +19,11 @@
 
 mod apply;
 mod backend;
+mod change;
 mod events;
+mod incremental;
+#[cfg(test)]
+mod incremental_tests;
 mod libnft;
 mod model;
 mod nft;
@@ -32,7 +37,9 @@ mod ruleset;
 
 pub use apply::{PolicyDataplane, PolicyError, NFT_TIMEOUT};
 pub use backend::{NftBackend, NftBackendKind, NftOptions};
+pub use change::SpecChange;
 pub use events::{parse_datagram, NftEvent, NftEvents};
+pub use incremental::{Delta, RenderedPolicy, Update};
 pub use libnft::{LibNft, LibNftError, LIBNFTABLES};
 pub use model::*;
 pub use nft::to_nft;

@@ -431,6 +431,35 @@ fn list_rules<'s>(
     Ok(rules)
 }
 
+/// The rules of a profile list's two chains and the netgroups they name.
+pub(super) struct ListChains {
+    /// The rules of `ep-out.<id>`.
+    pub(super) outbound: Vec<RuleModel>,
+    /// The rules of `ep-in.<id>`.
+    pub(super) inbound: Vec<RuleModel>,
+    /// Every netgroup a rule of either chain names.
+    pub(super) netgroups: BTreeSet<String>,
+}
+
+/// Renders the two chains of the profile list `profiles`, as [`render`]
+/// does, alone (for the incremental path, which renders only the lists a
+/// change touches).
+pub(super) fn list_chains(
+    spec: &PolicySpec,
+    profiles: &[String],
+) -> Result<ListChains, RenderError> {
+    let mut memo = HashMap::new();
+    let mut netgroups = BTreeSet::new();
+    let deny = drop_rule("nothing allows it");
+    let outbound = list_rules(spec, profiles, Dir::Out, &mut memo, &mut netgroups, &deny)?;
+    let inbound = list_rules(spec, profiles, Dir::In, &mut memo, &mut netgroups, &deny)?;
+    Ok(ListChains {
+        outbound,
+        inbound,
+        netgroups,
+    })
+}
+
 /// Renders the table for `spec`. Fails on names that cannot be ours
 /// (endpoint keys) or cannot be netgroups (names in rules).
 pub fn render(spec: &PolicySpec) -> Result<Ruleset, RenderError> {
