@@ -52,6 +52,41 @@ fn our_routes(node: &Node) -> Vec<String> {
     out
 }
 
+/// The host side's gateway, as [`host_ipv6_addresses`] shows it: no DAD
+/// (so never tentative), no prefix route, valid forever.
+const GATEWAY: &str = "fe80::ecee:eeff:feee:eeee/128 nodad noprefixroute forever";
+
+/// The IPv6 addresses on `dev` in the node as `address/prefix flag ...`
+/// (the flags `ip -j` reports, in a fixed order; `forever` when it never
+/// expires).
+fn host_ipv6_addresses(node: &Node, dev: &str) -> Vec<String> {
+    let v = node.ns.ip_json(&["-6", "addr", "show", "dev", dev]);
+    let mut out = vec![];
+    for l in v.as_array().unwrap() {
+        for a in l["addr_info"].as_array().unwrap() {
+            let mut s = format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]);
+            for f in ["dadfailed", "nodad", "noprefixroute", "tentative"] {
+                if a[f].as_bool() == Some(true) {
+                    s.push(' ');
+                    s.push_str(f);
+                }
+            }
+            if a["valid_life_time"].as_u64() == Some(u64::from(u32::MAX)) {
+                s.push_str(" forever");
+            }
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// `ip -6 route show ARGS` in the node, one line each.
+fn ipv6_routes(node: &Node, args: &[&str]) -> Vec<String> {
+    let mut a = vec!["ip", "-6", "route", "show"];
+    a.extend_from_slice(args);
+    node.ns.exec_ok(&a).lines().map(str::to_string).collect()
+}
+
 #[test]
 fn builds_pings_repairs_and_removes() {
     if !require_root() {
@@ -93,10 +128,24 @@ fn builds_pings_repairs_and_removes() {
         node.ns.sysctl(&format!("net/ipv4/conf/{ha}/forwarding")),
         "1"
     );
+    // The host side's IPv6: no address of the kernel's own, only the
+    // containers' gateway, which we add as a /128 without a prefix route.
     assert_eq!(
-        node.ns.sysctl(&format!("net/ipv6/conf/{ha}/accept_dad")),
-        "0"
+        node.ns.sysctl(&format!("net/ipv6/conf/{ha}/addr_gen_mode")),
+        "1"
     );
+    assert_eq!(host_ipv6_addresses(&node, &ha), vec![GATEWAY]);
+    assert_eq!(
+        host_ipv6_addresses(&node, &hb),
+        vec![GATEWAY],
+        "the same gateway on every host veth"
+    );
+    let fe80: Vec<String> = [&ha, &hb]
+        .iter()
+        .flat_map(|h| ipv6_routes(&node, &["table", "all", "dev", h]))
+        .filter(|r| r.starts_with("fe80::/64") || r.contains("anycast"))
+        .collect();
+    assert!(fe80.is_empty(), "prefix and anycast routes: {fe80:?}");
     assert_eq!(our_routes(&node), {
         let mut v = vec![
             format!("198.18.0.1 dev {ha}"),
@@ -164,6 +213,19 @@ fn builds_pings_repairs_and_removes() {
             }),
         ),
         (
+            "delete the host side's IPv6 gateway address",
+            Box::new(|| {
+                node.ns.ip(&[
+                    "-6",
+                    "addr",
+                    "del",
+                    "fe80::ecee:eeff:feee:eeee/128",
+                    "dev",
+                    &ha,
+                ]);
+            }),
+        ),
+        (
             "delete container default route",
             Box::new(|| {
                 a.exec_ok(&["ip", "route", "del", "default"]);
@@ -190,6 +252,11 @@ fn builds_pings_repairs_and_removes() {
         assert!(!repaired.actions.is_empty(), "{what}: nothing repaired");
         assert!(ping(&node.ns, a4), "{what}: IPv4 after repair");
         assert!(ping(&b, a6), "{what}: IPv6 after repair");
+        assert!(
+            ping(&a, IpAddr::V6(node.v6)),
+            "{what}: IPv6 through the link-local gateway after repair"
+        );
+        assert_eq!(host_ipv6_addresses(&node, &ha), vec![GATEWAY], "{what}");
     }
 
     // Removal takes everything of a, and nothing of b.

@@ -9,7 +9,9 @@ use crate::nl::Conn;
 use crate::nl::{request, NlError};
 use crate::ROUTE_PROTOCOL;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
-use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
@@ -347,6 +349,29 @@ impl<'a> Applier<'a> {
                     action: a.to_string(),
                     source,
                 })
+            }
+            Action::AddHostGateway { host } => {
+                let index = self.index_of(Side::Node, host, a).await?;
+                let gw = HostAddress::gateway();
+                let mut m = address_message(index, IpAddr::V6(gw.addr), gw.prefix_len);
+                // Permanent, usable at once (no DAD), and no route for its
+                // prefix: the local route is all the containers need.
+                m.header.flags = AddressHeaderFlags::Nodad;
+                m.attributes.push(AddressAttribute::Flags(
+                    AddressFlags::Nodad | AddressFlags::Noprefixroute,
+                ));
+                self.send(self.node, a, RouteNetlinkMessage::NewAddress(m), REPLACE)
+                    .await
+            }
+            Action::DeleteHostAddress {
+                host,
+                addr,
+                prefix_len,
+            } => {
+                let index = self.index_of(Side::Node, host, a).await?;
+                let m = address_message(index, IpAddr::V6(*addr), *prefix_len);
+                self.send(self.node, a, RouteNetlinkMessage::DelAddress(m), CHANGE)
+                    .await
             }
             Action::SetLinkUp { side, ifname } => {
                 let index = self.index_of(*side, ifname, a).await?;

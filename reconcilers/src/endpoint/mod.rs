@@ -230,15 +230,16 @@ impl EndpointDataplane {
         c: &ContainerConn,
     ) -> Result<Observed, EndpointError> {
         let host = host_ifname(&spec.container_id);
-        let ((host_link, nsid, host_routes), container) = futures::try_join!(
+        let (node, container) = futures::try_join!(
             observe::observe_node(&self.node, &host, &c.ns, spec),
             observe::observe_container(&c.conn)
         )?;
         let ipv6_force_forwarding = self.force_forwarding;
         Ok(Observed {
-            host: host_link,
-            host_routes,
-            container_nsid: nsid,
+            host: node.link,
+            host_addresses: node.addresses,
+            host_routes: node.routes,
+            container_nsid: node.nsid,
             container,
             ipv6_force_forwarding,
         })
