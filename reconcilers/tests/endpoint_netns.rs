@@ -120,6 +120,7 @@ fn builds_pings_repairs_and_removes() {
     assert_eq!(link["address"], "ee:ee:ee:ee:ee:ee");
     assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
     assert_eq!(link["linkinfo"]["info_kind"], "veth");
+    assert_eq!(link["ifalias"], reconcilers::OWNER_ALIAS, "marked as ours");
     assert_eq!(
         node.ns.sysctl(&format!("net/ipv4/conf/{ha}/proxy_arp")),
         "1"
@@ -226,6 +227,12 @@ fn builds_pings_repairs_and_removes() {
             }),
         ),
         (
+            "our alias removed from the host veth",
+            Box::new(|| {
+                node.ns.ip(&["link", "set", "dev", &ha, "alias", ""]);
+            }),
+        ),
+        (
             "delete container default route",
             Box::new(|| {
                 a.exec_ok(&["ip", "route", "del", "default"]);
@@ -257,6 +264,8 @@ fn builds_pings_repairs_and_removes() {
             "{what}: IPv6 through the link-local gateway after repair"
         );
         assert_eq!(host_ipv6_addresses(&node, &ha), vec![GATEWAY], "{what}");
+        let link = &node.ns.ip_json(&["-d", "link", "show", &ha])[0];
+        assert_eq!(link["ifalias"], reconcilers::OWNER_ALIAS, "{what}");
     }
 
     // Removal takes everything of a, and nothing of b.

@@ -302,6 +302,19 @@ impl<'a> Applier<'a> {
                 self.send(self.node, a, RouteNetlinkMessage::SetLink(m), CHANGE)
                     .await
             }
+            Action::ConfigureHostLink { host } => {
+                let index = self.index_of(Side::Node, host, a).await?;
+                let mut m = LinkMessage::default();
+                m.header.index = index;
+                m.attributes
+                    .push(LinkAttribute::IfAlias(crate::OWNER_ALIAS.to_string()));
+                m.attributes
+                    .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                        vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+                    )]));
+                self.send(self.node, a, RouteNetlinkMessage::SetLink(m), CHANGE)
+                    .await
+            }
             Action::SetSysctl {
                 side,
                 ifname,
@@ -379,10 +392,6 @@ impl<'a> Applier<'a> {
                 m.header.index = index;
                 m.header.flags = LinkFlags::Up;
                 m.header.change_mask = LinkFlags::Up;
-                if *side == Side::Node {
-                    m.attributes
-                        .push(LinkAttribute::IfAlias(crate::OWNER_ALIAS.to_string()));
-                }
                 let h = match side {
                     Side::Node => self.node,
                     Side::Container => self.container(a)?.handle,

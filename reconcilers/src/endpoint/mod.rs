@@ -387,6 +387,7 @@ impl EndpointDataplane {
                         is_veth: f.is_veth,
                         mac: f.mac,
                         up: f.up,
+                        marked: true,
                         peer_index: f.peer_index,
                         peer_netnsid: f.peer_netnsid,
                         sysctls: f.sysctls,

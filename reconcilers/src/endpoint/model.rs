@@ -121,6 +121,9 @@ pub struct HostLink {
     pub mac: Option<Vec<u8>>,
     /// Administratively up.
     pub up: bool,
+    /// Carries our alias ([`crate::OWNER_ALIAS`]): how the resync tells
+    /// our links from anyone else's `cali*` links.
+    pub marked: bool,
     /// The veth peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
     /// The id, in the node namespace, of the namespace the peer is in.
@@ -283,6 +286,15 @@ pub enum Action {
         /// Host-side name.
         host: String,
     },
+    /// Mark the host link as ours ([`crate::OWNER_ALIAS`]) and set its
+    /// [`Sysctl::AddrGenMode`] to none, in one request, planned before it
+    /// goes up: a change to a link that is down notifies no one, while
+    /// one to an up link without carrier makes the kernel walk the whole
+    /// IPv6 routing table (`rt6_sync_down_dev`).
+    ConfigureHostLink {
+        /// Host-side name.
+        host: String,
+    },
     /// Set the host side's MAC to [`HOST_MAC`].
     SetHostMac {
         /// Host-side name.
@@ -398,6 +410,11 @@ impl std::fmt::Display for Action {
                 )
             }
             Action::SetHostMac { host } => write!(f, "set {host} address ee:ee:ee:ee:ee:ee"),
+            Action::ConfigureHostLink { host } => write!(
+                f,
+                "set {host} alias {} addrgenmode none",
+                crate::OWNER_ALIAS
+            ),
             Action::SetSysctl {
                 side,
                 ifname,

@@ -439,6 +439,7 @@ pub(crate) async fn observe_node(
         is_veth: l.is_veth,
         mac: l.mac,
         up: l.up,
+        marked: l.alias.as_deref() == Some(crate::OWNER_ALIAS),
         peer_index: l.peer_index,
         peer_netnsid: l.peer_netnsid,
         sysctls: l.sysctls,

@@ -115,6 +115,7 @@ fn converged(s: &EndpointSpec, force_forwarding: bool) -> Observed {
             is_veth: true,
             mac: Some(HOST_MAC.to_vec()),
             up: true,
+            marked: true,
             peer_index: Some(ETH0_IDX),
             peer_netnsid: Some(NSID),
             sysctls: host_sysctls,
@@ -186,6 +187,9 @@ fn eth0_sysctl(sysctl: Sysctl, value: i32) -> Action {
         sysctl,
         value,
     }
+}
+fn configure() -> Action {
+    Action::ConfigureHostLink { host: host() }
 }
 fn add_gw() -> Action {
     Action::AddHostGateway { host: host() }
@@ -265,7 +269,7 @@ fn del_eth0(index: u32) -> Action {
 /// What follows `CreateVeth` for `spec(&[1], &[])` when `lo` is already up.
 fn fresh_v4_after_create() -> Vec<Action> {
     vec![
-        node_sysctl(Sysctl::AddrGenMode, 1),
+        configure(),
         node_sysctl(Sysctl::Ipv4Forwarding, 1),
         node_sysctl(Sysctl::ProxyArp, 1),
         up_host(),
@@ -338,7 +342,7 @@ fn cases() -> Vec<Case> {
             nothing(false),
             Ok(vec![
                 create(),
-                node_sysctl(Sysctl::AddrGenMode, 1),
+                configure(),
         node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
                 up_host(),
@@ -357,7 +361,7 @@ fn cases() -> Vec<Case> {
             nothing(true),
             Ok(vec![
                 create(),
-                node_sysctl(Sysctl::AddrGenMode, 1),
+                configure(),
         node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
                 up_host(),
@@ -376,7 +380,7 @@ fn cases() -> Vec<Case> {
             nothing(false),
             Ok(vec![
                 create(),
-                node_sysctl(Sysctl::AddrGenMode, 1),
+                configure(),
         node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
                 node_sysctl(Sysctl::Ipv6Forwarding, 1),
@@ -397,7 +401,7 @@ fn cases() -> Vec<Case> {
             nothing(true),
             Ok(vec![
                 create(),
-                node_sysctl(Sysctl::AddrGenMode, 1),
+                configure(),
         node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
                 node_sysctl(Sysctl::Ipv6Forwarding, 1),
@@ -426,7 +430,7 @@ fn cases() -> Vec<Case> {
             nothing(false),
             Ok(vec![
                 create(),
-                node_sysctl(Sysctl::AddrGenMode, 1),
+                configure(),
         node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
                 node_sysctl(Sysctl::Ipv6Forwarding, 1),
@@ -470,7 +474,7 @@ fn cases() -> Vec<Case> {
             },
             Ok(vec![
                 create(),
-                node_sysctl(Sysctl::AddrGenMode, 1),
+                configure(),
         node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
                 up_host(),
@@ -599,6 +603,22 @@ fn cases() -> Vec<Case> {
             Ok(vec![set_mac()]),
         ),
         case(
+            "our alias gone from the host link: set again",
+            s4.clone(),
+            with(&s4, false, |o| host_link(o).marked = false),
+            Ok(vec![configure()]),
+        ),
+        case(
+            "host down without our alias: alias before up, one request with the mode",
+            sd.clone(),
+            with(&sd, true, |o| {
+                let h = host_link(o);
+                h.up = false;
+                h.marked = false;
+            }),
+            Ok(vec![configure(), up_host()]),
+        ),
+        case(
             "proxy ARP off",
             s4.clone(),
             with(&s4, false, |o| {
@@ -612,7 +632,7 @@ fn cases() -> Vec<Case> {
             with(&sd, false, |o| {
                 host_link(o).sysctls.insert(Sysctl::AddrGenMode, 0);
             }),
-            Ok(vec![node_sysctl(Sysctl::AddrGenMode, 1)]),
+            Ok(vec![configure()]),
         ),
         case(
             "the kernel's own addresses back on at the up host link, IPv4 only",
@@ -620,7 +640,7 @@ fn cases() -> Vec<Case> {
             with(&s4, false, |o| {
                 host_link(o).sysctls.remove(&Sysctl::AddrGenMode);
             }),
-            Ok(vec![node_sysctl(Sysctl::AddrGenMode, 1)]),
+            Ok(vec![configure()]),
         ),
         case(
             "the host's IPv6 gateway address missing",
@@ -661,7 +681,7 @@ fn cases() -> Vec<Case> {
                 o.host_addresses = vec![kernel_link_local()];
             }),
             Ok(vec![
-                node_sysctl(Sysctl::AddrGenMode, 1),
+                configure(),
                 del_host_addr(GATEWAY_V6, 64),
                 add_gw(),
             ]),
@@ -674,7 +694,7 @@ fn cases() -> Vec<Case> {
                 o.host_addresses = vec![kernel_link_local()];
             }),
             Ok(vec![
-                node_sysctl(Sysctl::AddrGenMode, 1),
+                configure(),
                 del_host_addr(GATEWAY_V6, 64),
             ]),
         ),
@@ -725,7 +745,7 @@ fn cases() -> Vec<Case> {
                 h.up = false;
                 h.sysctls.insert(Sysctl::AddrGenMode, 0);
             }),
-            Ok(vec![node_sysctl(Sysctl::AddrGenMode, 1), up_host()]),
+            Ok(vec![configure(), up_host()]),
         ),
         case(
             "eth0 down with its own addresses on, dual stack: mode before up",
@@ -1295,6 +1315,7 @@ impl Kernel {
                     is_veth: true,
                     mac: Some(HOST_MAC.to_vec()),
                     up: false,
+                    marked: false,
                     peer_index: Some(ei),
                     peer_netnsid: Some(nsid),
                     sysctls: BTreeMap::new(),
@@ -1310,6 +1331,11 @@ impl Kernel {
             }
             Action::SetHostMac { host } => {
                 self.host_by_name(host)?.mac = Some(HOST_MAC.to_vec());
+            }
+            Action::ConfigureHostLink { host } => {
+                let h = self.host_by_name(host)?;
+                h.marked = true;
+                h.sysctls.insert(Sysctl::AddrGenMode, 1);
             }
             Action::SetSysctl {
                 side,
@@ -1565,16 +1591,18 @@ fn arb_host() -> impl Strategy<Value = Option<HostLink>> {
             prop::bool::weighted(0.85),
             arb_mac(),
             any::<bool>(),
+            prop::bool::weighted(0.8),
             prop::sample::select(vec![Some(ETH0_IDX), Some(3), None]),
             prop::sample::select(vec![Some(NSID), Some(NSID + 1), None]),
             arb_sysctls(),
         )
             .prop_map(
-                |(is_veth, mac, up, peer_index, peer_netnsid, sysctls)| HostLink {
+                |(is_veth, mac, up, marked, peer_index, peer_netnsid, sysctls)| HostLink {
                     index: HOST_IDX,
                     is_veth,
                     mac,
                     up,
+                    marked,
                     peer_index,
                     peer_netnsid,
                     sysctls,
@@ -1780,6 +1808,7 @@ fn make_consistent(o: &mut Observed, pair: bool) {
 #[derive(Clone, Debug)]
 enum Drift {
     HostDown,
+    HostUnmarked,
     Eth0Down,
     LoDown,
     HostMac(Option<Vec<u8>>),
@@ -1818,6 +1847,7 @@ fn arb_drift() -> impl Strategy<Value = Drift> {
     let addr = prop::sample::select(pool());
     prop_oneof![
         Just(Drift::HostDown),
+        Just(Drift::HostUnmarked),
         Just(Drift::Eth0Down),
         Just(Drift::LoDown),
         prop::sample::select(vec![None, Some(vec![2, 0, 0, 0, 0, 9])]).prop_map(Drift::HostMac),
@@ -1891,6 +1921,7 @@ fn apply_drift(o: &mut Observed, d: &Drift) {
     let c = &mut o.container;
     match d {
         Drift::HostDown => o.host.iter_mut().for_each(|h| h.up = false),
+        Drift::HostUnmarked => o.host.iter_mut().for_each(|h| h.marked = false),
         Drift::Eth0Down => c.eth0.iter_mut().for_each(|e| e.up = false),
         Drift::LoDown => c.lo_up = false,
         Drift::HostMac(m) => o.host.iter_mut().for_each(|h| h.mac = m.clone()),
