@@ -2,13 +2,15 @@
 //! in order. Thin on purpose: every decision was made by the planner.
 
 use super::model::*;
-use super::observe::link_by_name;
+use super::observe::{link_by_name, link_facts};
 use super::plan::MAIN_TABLE;
 use crate::netns::{NetnsError, NsVisitor};
 use crate::nl::Conn;
 use crate::nl::{request, NlError};
 use crate::ROUTE_PROTOCOL;
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+};
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
@@ -276,17 +278,41 @@ impl<'a> Applier<'a> {
                 ]));
                 self.host_index = None;
                 self.eth0_index = None;
-                self.send(self.node, a, RouteNetlinkMessage::NewLink(m), CREATE)
-                    .await?;
+                // NLM_F_ECHO: the kernel sends us the new link's
+                // announcement (index, MAC as made), built anyway for its
+                // listeners. A get of a host veth costs a walk of every
+                // namespace id the node has given out (one per container:
+                // the peer's IFLA_LINK_NETNSID), so the echo saves one.
+                let answers = request(
+                    self.node,
+                    RouteNetlinkMessage::NewLink(m),
+                    CREATE | NLM_F_ECHO,
+                )
+                .await
+                .map_err(|source| ApplyError::Netlink {
+                    action: a.to_string(),
+                    source,
+                })?;
+                let echoed = answers.iter().find_map(|m| match m {
+                    RouteNetlinkMessage::NewLink(l) => {
+                        Some(link_facts(l)).filter(|f| f.name == *host)
+                    }
+                    _ => None,
+                });
+                let link = match echoed {
+                    Some(l) => l,
+                    // A kernel that does not echo (before Linux 6.2):
+                    // read it back.
+                    None => link_by_name(self.node, host, Side::Node)
+                        .await
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| ApplyError::MissingLink {
+                            action: a.to_string(),
+                            name: host.clone(),
+                        })?,
+                };
                 // The kernel may not honour the MAC given at creation.
-                let link = link_by_name(self.node, host, Side::Node)
-                    .await
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| ApplyError::MissingLink {
-                        action: a.to_string(),
-                        name: host.clone(),
-                    })?;
                 self.host_index = Some(link.index);
                 if link.mac.as_deref() != Some(&HOST_MAC[..]) {
                     let fix = Action::SetHostMac { host: host.clone() };
