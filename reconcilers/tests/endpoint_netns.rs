@@ -343,3 +343,90 @@ fn a_process_of_the_node_itself_is_never_configured() {
         "the node's eth0 is intact"
     );
 }
+
+#[test]
+fn stray_links_go_in_one_batch_and_nothing_else_does() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new("epbatch", 4);
+    let cs: Vec<Container> = (0..3).map(|_| Container::new(&node.ns)).collect();
+    let specs: Vec<EndpointSpec> = cs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| spec(c, &format!("batch-{i}"), 10 + i as u8))
+        .collect();
+    // Someone else's link, with a name like ours, must survive.
+    node.ns.ip(&[
+        "link",
+        "add",
+        "califoreign0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "foreignpeer0",
+    ]);
+    let names: Vec<String> = specs.iter().map(|s| host_ifname(&s.container_id)).collect();
+    in_node(&node, async |dp| {
+        for s in &specs {
+            dp.ensure(s, false).await.unwrap();
+        }
+        let inv = dp.inventory().await.unwrap();
+        let strays: Vec<reconcilers::endpoint::Action> = names[..2]
+            .iter()
+            .map(|n| reconcilers::endpoint::Action::DeleteHostLink {
+                name: n.clone(),
+                index: inv.links[n].index,
+            })
+            .collect();
+        dp.apply_node(&strays).await.unwrap();
+        // Again: both already gone, nothing to do and no error.
+        dp.delete_host_links(&[(names[0].clone(), inv.links[&names[0]].index)])
+            .await
+            .unwrap();
+    });
+    let links: Vec<String> = node
+        .ns
+        .ip_json(&["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !links.contains(&names[0]) && !links.contains(&names[1]),
+        "{links:?}"
+    );
+    assert!(links.contains(&names[2]), "{links:?}");
+    assert!(links.contains(&"califoreign0".to_string()), "{links:?}");
+    for c in &cs[..2] {
+        assert_eq!(
+            c.ip_json(&["link", "show"]).as_array().unwrap().len(),
+            1,
+            "the peer went with its host veth"
+        );
+    }
+    assert_eq!(
+        our_routes(&node),
+        vec![
+            format!("198.18.0.12 dev {}", names[2]),
+            format!("2001:db8:1::c dev {}", names[2]),
+        ]
+    );
+    let grouped = node.ns.ip_json(&[
+        "link",
+        "show",
+        "group",
+        &reconcilers::DOOMED_LINK_GROUP.to_string(),
+    ]);
+    // (`ip -j` prints an empty object for each link not in the group.)
+    let in_group = grouped
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l.get("ifname").is_some())
+        .count();
+    assert_eq!(in_group, 0, "{grouped}");
+    assert!(ping(&node.ns, IpAddr::V4(specs[2].ipv4[0])));
+}
