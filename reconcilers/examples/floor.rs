@@ -10,11 +10,14 @@
 //! `FLOOR_V4_ONLY=1` gives the endpoints IPv4 addresses only, and
 //! `FLOOR_NODE_SYSCTL=key=value` is set in the node namespace first (e.g.
 //! `net.ipv6.conf.default.disable_ipv6=1`, to see what the host veths' IPv6
-//! state costs).
+//! state costs). `FLOOR_REMOVE` changes the removal: `batch` deletes the
+//! last window in one unregister batch (`delete_host_links`), `v6off`
+//! turns IPv6 off on each host link first, `container` deletes eth0 from
+//! the container's side first (through a process).
 //!
 //!     cargo run --release -p reconcilers --example floor
 
-use reconcilers::endpoint::{EndpointDataplane, EndpointSpec};
+use reconcilers::endpoint::{host_ifname, EndpointDataplane, EndpointSpec};
 use reconcilers::NetnsRef;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -173,10 +176,64 @@ fn main() {
                 per.push(std::mem::take(&mut *SEEN.lock().unwrap()));
             }
             let mut removals = Vec::with_capacity(w);
-            for i in (n - w..n).rev() {
+            let mode = std::env::var("FLOOR_REMOVE").unwrap_or_default();
+            if mode == "batch" {
+                // All of the last window in one unregister batch; each
+                // removal is counted as the batch's time divided by its size.
+                let inv = dp.inventory().await.unwrap();
+                let links: Vec<(String, u32)> = (n - w..n)
+                    .map(|i| {
+                        let name = host_ifname(&format!("floor-{i}"));
+                        let index = inv.links[&name].index;
+                        (name, index)
+                    })
+                    .collect();
                 let start = Instant::now();
-                dp.remove(&format!("floor-{i}"), false).await.unwrap();
-                removals.push(start.elapsed());
+                dp.delete_host_links(&links).await.unwrap();
+                let took = start.elapsed();
+                eprintln!("batch of {w}: {:.3} ms", took.as_secs_f64() * 1e3);
+                removals = vec![took / w as u32; w];
+            } else {
+                for i in (n - w..n).rev() {
+                    let id = format!("floor-{i}");
+                    let start = Instant::now();
+                    match mode.as_str() {
+                        // IPv6 off on the host link first (addresses and
+                        // routes go then), to see what the delete costs without.
+                        "v6off" => std::fs::write(
+                            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", host_ifname(&id)),
+                            "1",
+                        )
+                        .unwrap(),
+                        // From the container's side (a process: subtract
+                        // the `spawn` median printed below).
+                        "container" => {
+                            let pid = containers[i].pid().to_string();
+                            let ok = std::process::Command::new("nsenter")
+                                .args(["-t", &pid, "-n", "ip", "link", "del", "eth0"])
+                                .status()
+                                .unwrap()
+                                .success();
+                            assert!(ok);
+                        }
+                        _ => {}
+                    }
+                    dp.remove(&id, false).await.unwrap();
+                    removals.push(start.elapsed());
+                }
+                if mode == "container" {
+                    let mut spawn = vec![];
+                    for c in &containers[..w] {
+                        let pid = c.pid().to_string();
+                        let start = Instant::now();
+                        std::process::Command::new("nsenter")
+                            .args(["-t", &pid, "-n", "ip", "link", "show", "lo"])
+                            .output()
+                            .unwrap();
+                        spawn.push(start.elapsed());
+                    }
+                    eprintln!("spawn median {:.3} ms", med_ms(&spawn));
+                }
             }
             SEEN.lock().unwrap().clear();
             (per, times, removals)

@@ -24,6 +24,16 @@ pub const ROUTE_PROTOCOL: u8 = 81;
 /// Every host-side interface we make starts with this.
 pub const HOST_IFNAME_PREFIX: &str = "cali";
 
+/// The link group ([`IFLA_GROUP`], `ip link show` prints it) that stray
+/// host veths are moved into just before one `RTM_DELLINK` for the group
+/// deletes them all in one unregister batch
+/// ([`endpoint::EndpointDataplane::delete_host_links`]). Our links live in
+/// the default group 0 otherwise; no other software on the node may use
+/// this number (like [`ROUTE_PROTOCOL`], it is ours).
+///
+/// [`IFLA_GROUP`]: https://man7.org/linux/man-pages/man8/ip-link.8.html
+pub const DOOMED_LINK_GROUP: u32 = 0x636d_646c;
+
 /// The interface alias (`ip link show` prints it) set on every host-side
 /// veth we bring up: how the resync tells our links from anyone else's
 /// `cali*` links (Calico's Felix names its veths the same way).

@@ -161,27 +161,33 @@ pub(crate) async fn dump_addresses(
     conn: &Conn,
     index: u32,
 ) -> Result<Vec<AddressMessage>, NlError> {
-    let mut out = Vec::new();
-    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        let mut msg = AddressMessage::default();
-        msg.header.family = family;
-        msg.header.index = index;
-        for m in request(
-            conn,
-            RouteNetlinkMessage::GetAddress(msg),
-            NLM_F_REQUEST | NLM_F_DUMP,
-        )
-        .await?
-        {
-            match m {
-                RouteNetlinkMessage::NewAddress(a) if index == 0 || a.header.index == index => {
-                    out.push(a)
-                }
-                _ => {}
-            }
-        }
-    }
+    let mut out = dump_addresses_of(conn, AddressFamily::Inet, index).await?;
+    out.extend(dump_addresses_of(conn, AddressFamily::Inet6, index).await?);
     Ok(out)
+}
+
+/// The addresses of one family, of interface `index` only when it is not 0
+/// (as [`dump_addresses`]).
+pub(crate) async fn dump_addresses_of(
+    conn: &Conn,
+    family: AddressFamily,
+    index: u32,
+) -> Result<Vec<AddressMessage>, NlError> {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family;
+    msg.header.index = index;
+    Ok(request(
+        conn,
+        RouteNetlinkMessage::GetAddress(msg),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )
+    .await?
+    .into_iter()
+    .filter_map(|m| match m {
+        RouteNetlinkMessage::NewAddress(a) if index == 0 || a.header.index == index => Some(a),
+        _ => None,
+    })
+    .collect())
 }
 
 /// The interface's own address in an address message: IFA_LOCAL, else

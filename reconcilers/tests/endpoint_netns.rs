@@ -52,6 +52,41 @@ fn our_routes(node: &Node) -> Vec<String> {
     out
 }
 
+/// The host side's gateway, as [`host_ipv6_addresses`] shows it: no DAD
+/// (so never tentative), no prefix route, valid forever.
+const GATEWAY: &str = "fe80::ecee:eeff:feee:eeee/128 nodad noprefixroute forever";
+
+/// The IPv6 addresses on `dev` in the node as `address/prefix flag ...`
+/// (the flags `ip -j` reports, in a fixed order; `forever` when it never
+/// expires).
+fn host_ipv6_addresses(node: &Node, dev: &str) -> Vec<String> {
+    let v = node.ns.ip_json(&["-6", "addr", "show", "dev", dev]);
+    let mut out = vec![];
+    for l in v.as_array().unwrap() {
+        for a in l["addr_info"].as_array().unwrap() {
+            let mut s = format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]);
+            for f in ["dadfailed", "nodad", "noprefixroute", "tentative"] {
+                if a[f].as_bool() == Some(true) {
+                    s.push(' ');
+                    s.push_str(f);
+                }
+            }
+            if a["valid_life_time"].as_u64() == Some(u64::from(u32::MAX)) {
+                s.push_str(" forever");
+            }
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// `ip -6 route show ARGS` in the node, one line each.
+fn ipv6_routes(node: &Node, args: &[&str]) -> Vec<String> {
+    let mut a = vec!["ip", "-6", "route", "show"];
+    a.extend_from_slice(args);
+    node.ns.exec_ok(&a).lines().map(str::to_string).collect()
+}
+
 #[test]
 fn builds_pings_repairs_and_removes() {
     if !require_root() {
@@ -85,6 +120,7 @@ fn builds_pings_repairs_and_removes() {
     assert_eq!(link["address"], "ee:ee:ee:ee:ee:ee");
     assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
     assert_eq!(link["linkinfo"]["info_kind"], "veth");
+    assert_eq!(link["ifalias"], reconcilers::OWNER_ALIAS, "marked as ours");
     assert_eq!(
         node.ns.sysctl(&format!("net/ipv4/conf/{ha}/proxy_arp")),
         "1"
@@ -93,10 +129,24 @@ fn builds_pings_repairs_and_removes() {
         node.ns.sysctl(&format!("net/ipv4/conf/{ha}/forwarding")),
         "1"
     );
+    // The host side's IPv6: no address of the kernel's own, only the
+    // containers' gateway, which we add as a /128 without a prefix route.
     assert_eq!(
-        node.ns.sysctl(&format!("net/ipv6/conf/{ha}/accept_dad")),
-        "0"
+        node.ns.sysctl(&format!("net/ipv6/conf/{ha}/addr_gen_mode")),
+        "1"
     );
+    assert_eq!(host_ipv6_addresses(&node, &ha), vec![GATEWAY]);
+    assert_eq!(
+        host_ipv6_addresses(&node, &hb),
+        vec![GATEWAY],
+        "the same gateway on every host veth"
+    );
+    let fe80: Vec<String> = [&ha, &hb]
+        .iter()
+        .flat_map(|h| ipv6_routes(&node, &["table", "all", "dev", h]))
+        .filter(|r| r.starts_with("fe80::/64") || r.contains("anycast"))
+        .collect();
+    assert!(fe80.is_empty(), "prefix and anycast routes: {fe80:?}");
     assert_eq!(our_routes(&node), {
         let mut v = vec![
             format!("198.18.0.1 dev {ha}"),
@@ -164,6 +214,25 @@ fn builds_pings_repairs_and_removes() {
             }),
         ),
         (
+            "delete the host side's IPv6 gateway address",
+            Box::new(|| {
+                node.ns.ip(&[
+                    "-6",
+                    "addr",
+                    "del",
+                    "fe80::ecee:eeff:feee:eeee/128",
+                    "dev",
+                    &ha,
+                ]);
+            }),
+        ),
+        (
+            "our alias removed from the host veth",
+            Box::new(|| {
+                node.ns.ip(&["link", "set", "dev", &ha, "alias", ""]);
+            }),
+        ),
+        (
             "delete container default route",
             Box::new(|| {
                 a.exec_ok(&["ip", "route", "del", "default"]);
@@ -190,6 +259,13 @@ fn builds_pings_repairs_and_removes() {
         assert!(!repaired.actions.is_empty(), "{what}: nothing repaired");
         assert!(ping(&node.ns, a4), "{what}: IPv4 after repair");
         assert!(ping(&b, a6), "{what}: IPv6 after repair");
+        assert!(
+            ping(&a, IpAddr::V6(node.v6)),
+            "{what}: IPv6 through the link-local gateway after repair"
+        );
+        assert_eq!(host_ipv6_addresses(&node, &ha), vec![GATEWAY], "{what}");
+        let link = &node.ns.ip_json(&["-d", "link", "show", &ha])[0];
+        assert_eq!(link["ifalias"], reconcilers::OWNER_ALIAS, "{what}");
     }
 
     // Removal takes everything of a, and nothing of b.
@@ -266,4 +342,91 @@ fn a_process_of_the_node_itself_is_never_configured() {
         ping(&node.ns, IpAddr::V4(testsupport::GATEWAY_V4)),
         "the node's eth0 is intact"
     );
+}
+
+#[test]
+fn stray_links_go_in_one_batch_and_nothing_else_does() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new("epbatch", 4);
+    let cs: Vec<Container> = (0..3).map(|_| Container::new(&node.ns)).collect();
+    let specs: Vec<EndpointSpec> = cs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| spec(c, &format!("batch-{i}"), 10 + i as u8))
+        .collect();
+    // Someone else's link, with a name like ours, must survive.
+    node.ns.ip(&[
+        "link",
+        "add",
+        "califoreign0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "foreignpeer0",
+    ]);
+    let names: Vec<String> = specs.iter().map(|s| host_ifname(&s.container_id)).collect();
+    in_node(&node, async |dp| {
+        for s in &specs {
+            dp.ensure(s, false).await.unwrap();
+        }
+        let inv = dp.inventory().await.unwrap();
+        let strays: Vec<reconcilers::endpoint::Action> = names[..2]
+            .iter()
+            .map(|n| reconcilers::endpoint::Action::DeleteHostLink {
+                name: n.clone(),
+                index: inv.links[n].index,
+            })
+            .collect();
+        dp.apply_node(&strays).await.unwrap();
+        // Again: both already gone, nothing to do and no error.
+        dp.delete_host_links(&[(names[0].clone(), inv.links[&names[0]].index)])
+            .await
+            .unwrap();
+    });
+    let links: Vec<String> = node
+        .ns
+        .ip_json(&["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !links.contains(&names[0]) && !links.contains(&names[1]),
+        "{links:?}"
+    );
+    assert!(links.contains(&names[2]), "{links:?}");
+    assert!(links.contains(&"califoreign0".to_string()), "{links:?}");
+    for c in &cs[..2] {
+        assert_eq!(
+            c.ip_json(&["link", "show"]).as_array().unwrap().len(),
+            1,
+            "the peer went with its host veth"
+        );
+    }
+    assert_eq!(
+        our_routes(&node),
+        vec![
+            format!("198.18.0.12 dev {}", names[2]),
+            format!("2001:db8:1::c dev {}", names[2]),
+        ]
+    );
+    let grouped = node.ns.ip_json(&[
+        "link",
+        "show",
+        "group",
+        &reconcilers::DOOMED_LINK_GROUP.to_string(),
+    ]);
+    // (`ip -j` prints an empty object for each link not in the group.)
+    let in_group = grouped
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l.get("ifname").is_some())
+        .count();
+    assert_eq!(in_group, 0, "{grouped}");
+    assert!(ping(&node.ns, IpAddr::V4(specs[2].ipv4[0])));
 }

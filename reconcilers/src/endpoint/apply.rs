@@ -2,14 +2,18 @@
 //! in order. Thin on purpose: every decision was made by the planner.
 
 use super::model::*;
-use super::observe::link_by_name;
+use super::observe::{link_by_name, link_facts};
 use super::plan::MAIN_TABLE;
 use crate::netns::{NetnsError, NsVisitor};
 use crate::nl::Conn;
 use crate::nl::{request, NlError};
 use crate::ROUTE_PROTOCOL;
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
-use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
@@ -274,17 +278,41 @@ impl<'a> Applier<'a> {
                 ]));
                 self.host_index = None;
                 self.eth0_index = None;
-                self.send(self.node, a, RouteNetlinkMessage::NewLink(m), CREATE)
-                    .await?;
+                // NLM_F_ECHO: the kernel sends us the new link's
+                // announcement (index, MAC as made), built anyway for its
+                // listeners. A get of a host veth costs a walk of every
+                // namespace id the node has given out (one per container:
+                // the peer's IFLA_LINK_NETNSID), so the echo saves one.
+                let answers = request(
+                    self.node,
+                    RouteNetlinkMessage::NewLink(m),
+                    CREATE | NLM_F_ECHO,
+                )
+                .await
+                .map_err(|source| ApplyError::Netlink {
+                    action: a.to_string(),
+                    source,
+                })?;
+                let echoed = answers.iter().find_map(|m| match m {
+                    RouteNetlinkMessage::NewLink(l) => {
+                        Some(link_facts(l)).filter(|f| f.name == *host)
+                    }
+                    _ => None,
+                });
+                let link = match echoed {
+                    Some(l) => l,
+                    // A kernel that does not echo (before Linux 6.2):
+                    // read it back.
+                    None => link_by_name(self.node, host, Side::Node)
+                        .await
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| ApplyError::MissingLink {
+                            action: a.to_string(),
+                            name: host.clone(),
+                        })?,
+                };
                 // The kernel may not honour the MAC given at creation.
-                let link = link_by_name(self.node, host, Side::Node)
-                    .await
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| ApplyError::MissingLink {
-                        action: a.to_string(),
-                        name: host.clone(),
-                    })?;
                 self.host_index = Some(link.index);
                 if link.mac.as_deref() != Some(&HOST_MAC[..]) {
                     let fix = Action::SetHostMac { host: host.clone() };
@@ -297,6 +325,19 @@ impl<'a> Applier<'a> {
                 let mut m = LinkMessage::default();
                 m.header.index = index;
                 m.attributes.push(LinkAttribute::Address(HOST_MAC.to_vec()));
+                self.send(self.node, a, RouteNetlinkMessage::SetLink(m), CHANGE)
+                    .await
+            }
+            Action::ConfigureHostLink { host } => {
+                let index = self.index_of(Side::Node, host, a).await?;
+                let mut m = LinkMessage::default();
+                m.header.index = index;
+                m.attributes
+                    .push(LinkAttribute::IfAlias(crate::OWNER_ALIAS.to_string()));
+                m.attributes
+                    .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                        vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+                    )]));
                 self.send(self.node, a, RouteNetlinkMessage::SetLink(m), CHANGE)
                     .await
             }
@@ -348,16 +389,35 @@ impl<'a> Applier<'a> {
                     source,
                 })
             }
+            Action::AddHostGateway { host } => {
+                let index = self.index_of(Side::Node, host, a).await?;
+                let gw = HostAddress::gateway();
+                let mut m = address_message(index, IpAddr::V6(gw.addr), gw.prefix_len);
+                // Permanent, usable at once (no DAD), and no route for its
+                // prefix: the local route is all the containers need.
+                m.header.flags = AddressHeaderFlags::Nodad;
+                m.attributes.push(AddressAttribute::Flags(
+                    AddressFlags::Nodad | AddressFlags::Noprefixroute,
+                ));
+                self.send(self.node, a, RouteNetlinkMessage::NewAddress(m), REPLACE)
+                    .await
+            }
+            Action::DeleteHostAddress {
+                host,
+                addr,
+                prefix_len,
+            } => {
+                let index = self.index_of(Side::Node, host, a).await?;
+                let m = address_message(index, IpAddr::V6(*addr), *prefix_len);
+                self.send(self.node, a, RouteNetlinkMessage::DelAddress(m), CHANGE)
+                    .await
+            }
             Action::SetLinkUp { side, ifname } => {
                 let index = self.index_of(*side, ifname, a).await?;
                 let mut m = LinkMessage::default();
                 m.header.index = index;
                 m.header.flags = LinkFlags::Up;
                 m.header.change_mask = LinkFlags::Up;
-                if *side == Side::Node {
-                    m.attributes
-                        .push(LinkAttribute::IfAlias(crate::OWNER_ALIAS.to_string()));
-                }
                 let h = match side {
                     Side::Node => self.node,
                     Side::Container => self.container(a)?.handle,

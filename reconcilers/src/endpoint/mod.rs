@@ -23,7 +23,7 @@ use crate::netns::{open_container, open_current, NetnsError, NetnsRef, NsVisitor
 use crate::nl::{request, Conn, NlError};
 use crate::{HOST_IFNAME_PREFIX, ROUTE_PROTOCOL};
 use apply::{Applier, ContainerSide, NodeSysctls};
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use sha2::{Digest, Sha256};
@@ -230,15 +230,16 @@ impl EndpointDataplane {
         c: &ContainerConn,
     ) -> Result<Observed, EndpointError> {
         let host = host_ifname(&spec.container_id);
-        let ((host_link, nsid, host_routes), container) = futures::try_join!(
+        let (node, container) = futures::try_join!(
             observe::observe_node(&self.node, &host, &c.ns, spec),
             observe::observe_container(&c.conn)
         )?;
         let ipv6_force_forwarding = self.force_forwarding;
         Ok(Observed {
-            host: host_link,
-            host_routes,
-            container_nsid: nsid,
+            host: node.link,
+            host_addresses: node.addresses,
+            host_routes: node.routes,
+            container_nsid: node.nsid,
             container,
             ipv6_force_forwarding,
         })
@@ -351,11 +352,98 @@ impl EndpointDataplane {
     }
 
     /// Applies node-side actions only (deleting stray links and routes).
+    /// Two or more [`Action::DeleteHostLink`] are done first, together, in
+    /// one unregister batch ([`Self::delete_host_links`]); the other
+    /// actions follow in order.
     pub async fn apply_node(&self, actions: &[Action]) -> Result<(), EndpointError> {
+        let links: Vec<(String, u32)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::DeleteHostLink { name, index } => Some((name.clone(), *index)),
+                _ => None,
+            })
+            .collect();
+        let rest: Vec<Action> = if links.len() >= 2 {
+            self.delete_host_links(&links).await?;
+            actions
+                .iter()
+                .filter(|a| !matches!(a, Action::DeleteHostLink { .. }))
+                .cloned()
+                .collect()
+        } else {
+            actions.to_vec()
+        };
         Applier::new(&self.node, &self.sysctls, None)
-            .apply_all(actions)
+            .apply_all(&rest)
             .await?;
         Ok(())
+    }
+
+    /// Deletes host links, given as (name, index), in one unregister
+    /// batch: each is moved into [`crate::DOOMED_LINK_GROUP`] (one cheap
+    /// request per link), then one `RTM_DELLINK` for the group deletes them
+    /// all. Deleting a link waits for RCU grace periods with the rtnl lock
+    /// held (20–40 ms at 1,000 containers); the batch waits once for all
+    /// of them. A link already gone is skipped. Should the group delete
+    /// fail, the links are deleted one by one.
+    pub async fn delete_host_links(&self, links: &[(String, u32)]) -> Result<(), EndpointError> {
+        let mut grouped = Vec::new();
+        for (name, index) in links {
+            let mut m = LinkMessage::default();
+            m.header.index = *index;
+            m.attributes
+                .push(LinkAttribute::Group(crate::DOOMED_LINK_GROUP));
+            match request(
+                &self.node,
+                RouteNetlinkMessage::SetLink(m),
+                NLM_F_REQUEST | NLM_F_ACK,
+            )
+            .await
+            {
+                Ok(_) => grouped.push((name.clone(), *index)),
+                Err(e) if e.errno() == Some(libc::ENODEV) => {}
+                Err(source) => {
+                    return Err(ApplyError::Netlink {
+                        action: format!("move {name} (index {index}) into the doomed link group"),
+                        source,
+                    }
+                    .into())
+                }
+            }
+        }
+        if grouped.is_empty() {
+            return Ok(());
+        }
+        let mut m = LinkMessage::default();
+        m.attributes
+            .push(LinkAttribute::Group(crate::DOOMED_LINK_GROUP));
+        let started = std::time::Instant::now();
+        let batch = request(
+            &self.node,
+            RouteNetlinkMessage::DelLink(m),
+            NLM_F_REQUEST | NLM_F_ACK,
+        )
+        .await;
+        tracing::trace!(
+            stage = "delete links in one batch",
+            links = grouped.len(),
+            took_us = started.elapsed().as_micros() as u64
+        );
+        match batch {
+            Ok(_) => Ok(()),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting the doomed link group failed; deleting one by one");
+                let one_by_one: Vec<Action> = grouped
+                    .into_iter()
+                    .map(|(name, index)| Action::DeleteHostLink { name, index })
+                    .collect();
+                Applier::new(&self.node, &self.sysctls, None)
+                    .apply_all(&one_by_one)
+                    .await?;
+                Ok(())
+            }
+        }
     }
 
     /// Everything on the node that looks like ours (one link dump, one
@@ -386,6 +474,7 @@ impl EndpointDataplane {
                         is_veth: f.is_veth,
                         mac: f.mac,
                         up: f.up,
+                        marked: true,
                         peer_index: f.peer_index,
                         peer_netnsid: f.peer_netnsid,
                         sysctls: f.sysctls,

@@ -15,8 +15,18 @@ pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
 /// The host side's IPv6 link-local address, the container's IPv6 gateway:
 /// the EUI-64 address of [`HOST_MAC`] (`ee` with the U/L bit flipped is
-/// `ec`, `ff:fe` inserted in the middle).
+/// `ec`, `ff:fe` inserted in the middle). The kernel makes none on the host
+/// side (`addr_gen_mode` none): it is added by us, as a /128 without a
+/// prefix route and without duplicate address detection
+/// ([`GATEWAY_V6_PREFIX`]).
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+
+/// The prefix length of [`GATEWAY_V6`] on the host side: a /128 makes the
+/// kernel join no subnet-router anycast address for it (RFC 6164), and
+/// with `IFA_F_NOPREFIXROUTE` it adds no `fe80::/64` route either, so each
+/// host veth adds one IPv6 route (its local route) instead of three to
+/// the lists every other host veth's share.
+pub const GATEWAY_V6_PREFIX: u8 = 128;
 
 /// The container-side interface name.
 pub const CONTAINER_IFNAME: &str = "eth0";
@@ -65,12 +75,10 @@ pub enum Sysctl {
     /// `net/ipv6/conf/<if>/force_forwarding` (Linux ≥ 6.17): forward IPv6
     /// arriving on this interface even when `all/forwarding` is 0.
     Ipv6ForceForwarding,
-    /// `net/ipv6/conf/<if>/accept_dad`.
-    AcceptDad,
     /// `net/ipv6/conf/<if>/addr_gen_mode`; 1 (none): the kernel makes no
-    /// address of its own on the link, so no address there ever waits for
-    /// duplicate address detection. Set through netlink
-    /// (`IFLA_INET6_ADDR_GEN_MODE`), not `/proc`.
+    /// address of its own on the link (so none there ever waits for
+    /// duplicate address detection, and the host side gets no `fe80::/64`
+    /// route). Set through netlink (`IFLA_INET6_ADDR_GEN_MODE`), not `/proc`.
     AddrGenMode,
 }
 
@@ -97,7 +105,6 @@ impl Sysctl {
             Self::ProxyArp => ("ipv4", "proxy_arp"),
             Self::Ipv6Forwarding => ("ipv6", "forwarding"),
             Self::Ipv6ForceForwarding => ("ipv6", "force_forwarding"),
-            Self::AcceptDad => ("ipv6", "accept_dad"),
             Self::AddrGenMode => ("ipv6", "addr_gen_mode"),
         }
     }
@@ -114,12 +121,41 @@ pub struct HostLink {
     pub mac: Option<Vec<u8>>,
     /// Administratively up.
     pub up: bool,
+    /// Carries our alias ([`crate::OWNER_ALIAS`]): how the resync tells
+    /// our links from anyone else's `cali*` links.
+    pub marked: bool,
     /// The veth peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
     /// The id, in the node namespace, of the namespace the peer is in.
     pub peer_netnsid: Option<i32>,
     /// The sysctls the kernel reported for it.
     pub sysctls: BTreeMap<Sysctl, i32>,
+}
+
+/// An IPv6 address on the host link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostAddress {
+    /// The address.
+    pub addr: Ipv6Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// Added with `IFA_F_NOPREFIXROUTE` (no route for its prefix).
+    pub noprefixroute: bool,
+    /// Not usable: tentative (duplicate address detection running) or
+    /// failed duplicate address detection.
+    pub tentative: bool,
+}
+
+impl HostAddress {
+    /// The container's gateway exactly as the host side should have it.
+    pub fn gateway() -> HostAddress {
+        HostAddress {
+            addr: GATEWAY_V6,
+            prefix_len: GATEWAY_V6_PREFIX,
+            noprefixroute: true,
+            tentative: false,
+        }
+    }
 }
 
 /// The container-side link named [`CONTAINER_IFNAME`].
@@ -213,6 +249,8 @@ pub struct ContainerState {
 pub struct Observed {
     /// The link under the endpoint's host interface name, if any.
     pub host: Option<HostLink>,
+    /// The host link's IPv6 addresses (empty when there is no host link).
+    pub host_addresses: Vec<HostAddress>,
     /// Relevant routes in the node namespace (see [`HostRoute`]).
     pub host_routes: Vec<HostRoute>,
     /// The id the node namespace has for the container's namespace
@@ -248,6 +286,15 @@ pub enum Action {
         /// Host-side name.
         host: String,
     },
+    /// Mark the host link as ours ([`crate::OWNER_ALIAS`]) and set its
+    /// [`Sysctl::AddrGenMode`] to none, in one request, planned before it
+    /// goes up: a change to a link that is down notifies no one, while
+    /// one to an up link without carrier makes the kernel walk the whole
+    /// IPv6 routing table (`rt6_sync_down_dev`).
+    ConfigureHostLink {
+        /// Host-side name.
+        host: String,
+    },
     /// Set the host side's MAC to [`HOST_MAC`].
     SetHostMac {
         /// Host-side name.
@@ -263,6 +310,22 @@ pub enum Action {
         sysctl: Sysctl,
         /// The value.
         value: i32,
+    },
+    /// Add [`GATEWAY_V6`] to the host link ([`HostAddress::gateway`]: a
+    /// /128, no prefix route, no duplicate address detection).
+    AddHostGateway {
+        /// Host-side name.
+        host: String,
+    },
+    /// Remove an IPv6 address from the host link (one the kernel made on a
+    /// link of an older version, or anyone's but ours).
+    DeleteHostAddress {
+        /// Host-side name.
+        host: String,
+        /// The address.
+        addr: Ipv6Addr,
+        /// Its prefix length.
+        prefix_len: u8,
     },
     /// Set a link administratively up.
     SetLinkUp {
@@ -347,12 +410,26 @@ impl std::fmt::Display for Action {
                 )
             }
             Action::SetHostMac { host } => write!(f, "set {host} address ee:ee:ee:ee:ee:ee"),
+            Action::ConfigureHostLink { host } => write!(
+                f,
+                "set {host} alias {} addrgenmode none",
+                crate::OWNER_ALIAS
+            ),
             Action::SetSysctl {
                 side,
                 ifname,
                 sysctl,
                 value,
             } => write!(f, "set {} = {value} ({side})", sysctl.path(ifname)),
+            Action::AddHostGateway { host } => write!(
+                f,
+                "add address {GATEWAY_V6}/{GATEWAY_V6_PREFIX} noprefixroute nodad to {host}"
+            ),
+            Action::DeleteHostAddress {
+                host,
+                addr,
+                prefix_len,
+            } => write!(f, "delete address {addr}/{prefix_len} from {host}"),
             Action::SetLinkUp { side, ifname } => write!(f, "set {ifname} up ({side})"),
             Action::DeleteContainerAddress { addr, prefix_len } => {
                 write!(

@@ -10,8 +10,9 @@
 use super::model::*;
 use super::plan::MAIN_TABLE;
 use crate::nl::Conn;
-use crate::nl::{dump_addresses, own_address, request, NlError};
+use crate::nl::{dump_addresses, dump_addresses_of, own_address, request, NlError};
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, InfoKind, LinkAttribute, LinkExtentMask, LinkFlags,
     LinkInfo, LinkMessage,
@@ -60,6 +61,15 @@ pub enum ObserveError {
         what: String,
         /// Which namespace.
         side: Side,
+        /// The netlink error.
+        #[source]
+        source: NlError,
+    },
+    /// Reading the host link's addresses failed.
+    #[error("cannot read the addresses of {ifname} in the node namespace")]
+    HostAddresses {
+        /// Interface name.
+        ifname: String,
         /// The netlink error.
         #[source]
         source: NlError,
@@ -137,7 +147,6 @@ pub(crate) fn link_facts(msg: &LinkMessage) -> LinkFacts {
                             for c in v {
                                 if let AfSpecInet6::DevConf(c) = c {
                                     f.sysctls.insert(Sysctl::Ipv6Forwarding, c.forwarding);
-                                    f.sysctls.insert(Sysctl::AcceptDad, c.accept_dad);
                                     f.sysctls.insert(Sysctl::AddrGenMode, c.addr_gen_mode);
                                     f.sysctls
                                         .insert(Sysctl::Ipv6ForceForwarding, c.force_forwarding);
@@ -347,19 +356,74 @@ fn to_host_route(r: RouteFacts) -> HostRoute {
     }
 }
 
-/// Observes the node side: the host link, the node's id for the
-/// container's namespace, and the routes that matter to this endpoint.
+/// The IPv6 addresses of host link `index` (one dump the kernel filters
+/// by interface).
+pub(crate) async fn host_addresses(
+    node: &Conn,
+    index: u32,
+    name: &str,
+) -> Result<Vec<HostAddress>, ObserveError> {
+    let answers = dump_addresses_of(node, AddressFamily::Inet6, index)
+        .await
+        .map_err(|source| ObserveError::HostAddresses {
+            ifname: name.to_string(),
+            source,
+        })?;
+    Ok(answers
+        .iter()
+        .filter_map(|a| {
+            let IpAddr::V6(addr) = own_address(a)? else {
+                return None;
+            };
+            // IFA_FLAGS holds all 32 bits; the header only the low 8.
+            let flags = a
+                .attributes
+                .iter()
+                .find_map(|x| match x {
+                    AddressAttribute::Flags(f) => Some(*f),
+                    _ => None,
+                })
+                .unwrap_or_else(|| {
+                    AddressFlags::from_bits_retain(u32::from(a.header.flags.bits()))
+                });
+            Some(HostAddress {
+                addr,
+                prefix_len: a.header.prefix_len,
+                noprefixroute: flags.contains(AddressFlags::Noprefixroute),
+                tentative: flags.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed),
+            })
+        })
+        .collect())
+}
+
+/// What [`observe_node`] found.
+pub(crate) struct NodeSide {
+    pub link: Option<HostLink>,
+    pub addresses: Vec<HostAddress>,
+    pub nsid: Option<i32>,
+    pub routes: Vec<HostRoute>,
+}
+
+/// Observes the node side: the host link and its IPv6 addresses, the
+/// node's id for the container's namespace, and the routes that matter to
+/// this endpoint.
 pub(crate) async fn observe_node(
     node: &Conn,
     host_name: &str,
     container_ns: &File,
     spec: &EndpointSpec,
-) -> Result<(Option<HostLink>, Option<i32>, Vec<HostRoute>), ObserveError> {
+) -> Result<NodeSide, ObserveError> {
     let (link, nsid) = futures::join!(
-        link_by_name(node, host_name, Side::Node),
+        async {
+            let Some(l) = link_by_name(node, host_name, Side::Node).await? else {
+                return Ok((None, vec![]));
+            };
+            let addrs = host_addresses(node, l.index, host_name).await?;
+            Ok::<_, ObserveError>((Some(l), addrs))
+        },
         nsid_of(node, container_ns, spec.netns.pid)
     );
-    let (link, nsid) = (link?, nsid?);
+    let ((link, addresses), nsid) = (link?, nsid?);
     let mut routes: Vec<HostRoute> = Vec::new();
     let lookups = futures::future::join_all(spec.addresses().map(|a| host_route_for(node, a)));
     for (r, addr) in lookups.await.into_iter().zip(spec.addresses()) {
@@ -375,11 +439,17 @@ pub(crate) async fn observe_node(
         is_veth: l.is_veth,
         mac: l.mac,
         up: l.up,
+        marked: l.alias.as_deref() == Some(crate::OWNER_ALIAS),
         peer_index: l.peer_index,
         peer_netnsid: l.peer_netnsid,
         sysctls: l.sysctls,
     });
-    Ok((host, nsid, routes))
+    Ok(NodeSide {
+        link: host,
+        addresses,
+        nsid,
+        routes,
+    })
 }
 
 async fn container_addresses(h: &Conn, eth0: u32) -> Result<Vec<(IpAddr, u8)>, NlError> {

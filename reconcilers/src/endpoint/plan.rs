@@ -39,19 +39,34 @@ pub fn is_pair(host: &HostLink, eth0: &ContainerLink, container_nsid: Option<i32
         && host.peer_netnsid == container_nsid
 }
 
-/// The sysctls wanted on the host side.
+/// The sysctls written through `/proc` on the host side.
+///
+/// Before them, `addr_gen_mode` none (with the alias, one netlink request,
+/// while the link is down: [`Action::ConfigureHostLink`]): the kernel then
+/// makes no link-local address of its own there, so
+/// nothing waits on duplicate address detection (no `accept_dad` needed)
+/// and the link gets no `fe80::/64` route and no anycast `fe80::`. Those
+/// are shared by every host veth (one list of siblings per key in the
+/// IPv6 FIB, walked on every insertion) and lengthen the whole-FIB walks
+/// that each carrier change makes: the ensure grew with the node. The
+/// gateway address the containers need is added by us instead
+/// ([`HostAddress::gateway`]). IPv4-only endpoints get it too: their host
+/// side needs no IPv6 address at all.
 fn host_sysctls(spec: &EndpointSpec, force_forwarding: bool) -> Vec<(Sysctl, i32)> {
     let mut v = vec![(Sysctl::Ipv4Forwarding, 1), (Sysctl::ProxyArp, 1)];
     if !spec.ipv6.is_empty() {
-        // Off before the link goes up, so its link-local address never
-        // waits on (or fails) duplicate address detection.
-        v.push((Sysctl::AcceptDad, 0));
         v.push((Sysctl::Ipv6Forwarding, 1));
         if force_forwarding {
             v.push((Sysctl::Ipv6ForceForwarding, 1));
         }
     }
     v
+}
+
+/// True when the host link carries our alias and has `addr_gen_mode` none
+/// (what [`Action::ConfigureHostLink`] sets).
+fn host_configured(link: &HostLink) -> bool {
+    link.marked && link.sysctls.get(&Sysctl::AddrGenMode) == Some(&1)
 }
 
 /// The sysctls wanted on the container's eth0.
@@ -134,6 +149,7 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
             is_veth: true,
             mac: Some(HOST_MAC.to_vec()),
             up: false,
+            marked: false,
             peer_index: None,
             peer_netnsid: None,
             sysctls: Default::default(),
@@ -156,9 +172,12 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
         kept_index = None;
     }
 
-    // Host side: MAC, sysctls (before up), up.
+    // Host side: MAC, alias and addr_gen_mode, sysctls (all before up), up.
     if host_now.mac.as_deref() != Some(&HOST_MAC[..]) {
         actions.push(Action::SetHostMac { host: host.clone() });
+    }
+    if !host_configured(&host_now) {
+        actions.push(Action::ConfigureHostLink { host: host.clone() });
     }
     for (sysctl, value) in host_sysctls(spec, obs.ipv6_force_forwarding) {
         if host_now.sysctls.get(&sysctl) != Some(&value) {
@@ -169,6 +188,27 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
                 value,
             });
         }
+    }
+    // Host addresses (after `addr_gen_mode` none, so that the kernel makes
+    // no other; before up): the IPv6 gateway exactly, or nothing.
+    let want_gateway = !spec.ipv6.is_empty();
+    let gateway = HostAddress::gateway();
+    let have_host_addrs: BTreeSet<HostAddress> = if kept_index.is_some() {
+        obs.host_addresses.iter().copied().collect()
+    } else {
+        BTreeSet::new()
+    };
+    for a in &have_host_addrs {
+        if !(want_gateway && *a == gateway) {
+            actions.push(Action::DeleteHostAddress {
+                host: host.clone(),
+                addr: a.addr,
+                prefix_len: a.prefix_len,
+            });
+        }
+    }
+    if want_gateway && !have_host_addrs.contains(&gateway) {
+        actions.push(Action::AddHostGateway { host: host.clone() });
     }
     if !host_now.up {
         actions.push(Action::SetLinkUp {
@@ -297,6 +337,7 @@ pub fn host_side_matches(
     link.is_veth
         && link.up
         && link.mac.as_deref() == Some(&HOST_MAC[..])
+        && host_configured(link)
         && host_sysctls(spec, force_forwarding)
             .iter()
             .all(|(sysctl, value)| link.sysctls.get(sysctl) == Some(value))
@@ -324,9 +365,15 @@ mod host_side_tests {
             is_veth: true,
             mac: Some(HOST_MAC.to_vec()),
             up: true,
+            marked: true,
             peer_index: Some(2),
             peer_netnsid: Some(0),
-            sysctls: [(Sysctl::Ipv4Forwarding, 1), (Sysctl::ProxyArp, 1)].into(),
+            sysctls: [
+                (Sysctl::AddrGenMode, 1),
+                (Sysctl::Ipv4Forwarding, 1),
+                (Sysctl::ProxyArp, 1),
+            ]
+            .into(),
         }
     }
 
@@ -346,6 +393,15 @@ mod host_side_tests {
             !host_side_matches(&s, Some(&l), route, false),
             "proxy_arp off"
         );
+        let mut l = good_link();
+        l.sysctls.insert(Sysctl::AddrGenMode, 0);
+        assert!(
+            !host_side_matches(&s, Some(&l), route, false),
+            "the kernel's own link-local addresses back on"
+        );
+        let mut l = good_link();
+        l.marked = false;
+        assert!(!host_side_matches(&s, Some(&l), route, false), "alias");
         let mut l = good_link();
         l.up = false;
         assert!(!host_side_matches(&s, Some(&l), route, false), "down");

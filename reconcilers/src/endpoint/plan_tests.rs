@@ -83,11 +83,16 @@ fn our_route(dst: IpAddr, oif: u32) -> HostRoute {
 /// `force_forwarding`. Written out here, not derived from the planner.
 fn converged(s: &EndpointSpec, force_forwarding: bool) -> Observed {
     let v6 = !s.ipv6.is_empty();
-    let mut host_sysctls: BTreeMap<Sysctl, i32> =
-        [(Sysctl::Ipv4Forwarding, 1), (Sysctl::ProxyArp, 1)].into();
+    let mut host_sysctls: BTreeMap<Sysctl, i32> = [
+        (Sysctl::AddrGenMode, 1),
+        (Sysctl::Ipv4Forwarding, 1),
+        (Sysctl::ProxyArp, 1),
+    ]
+    .into();
     let mut eth0_sysctls = BTreeMap::new();
+    let mut host_addresses = vec![];
     if v6 {
-        host_sysctls.insert(Sysctl::AcceptDad, 0);
+        host_addresses.push(HostAddress::gateway());
         host_sysctls.insert(Sysctl::Ipv6Forwarding, 1);
         if force_forwarding {
             host_sysctls.insert(Sysctl::Ipv6ForceForwarding, 1);
@@ -110,10 +115,12 @@ fn converged(s: &EndpointSpec, force_forwarding: bool) -> Observed {
             is_veth: true,
             mac: Some(HOST_MAC.to_vec()),
             up: true,
+            marked: true,
             peer_index: Some(ETH0_IDX),
             peer_netnsid: Some(NSID),
             sysctls: host_sysctls,
         }),
+        host_addresses,
         host_routes: s.addresses().map(|a| our_route(a, HOST_IDX)).collect(),
         container_nsid: Some(NSID),
         container: ContainerState {
@@ -181,6 +188,33 @@ fn eth0_sysctl(sysctl: Sysctl, value: i32) -> Action {
         value,
     }
 }
+fn configure() -> Action {
+    Action::ConfigureHostLink { host: host() }
+}
+fn add_gw() -> Action {
+    Action::AddHostGateway { host: host() }
+}
+fn del_host_addr(addr: Ipv6Addr, prefix_len: u8) -> Action {
+    Action::DeleteHostAddress {
+        host: host(),
+        addr,
+        prefix_len,
+    }
+}
+/// An IPv6 address on the host link.
+fn host_addr(addr: Ipv6Addr, prefix_len: u8, noprefixroute: bool, tentative: bool) -> HostAddress {
+    HostAddress {
+        addr,
+        prefix_len,
+        noprefixroute,
+        tentative,
+    }
+}
+/// The link-local address the kernel makes itself when `addr_gen_mode` is
+/// not none (on links of an older version): with its `fe80::/64` route.
+fn kernel_link_local() -> HostAddress {
+    host_addr(GATEWAY_V6, 64, false, false)
+}
 fn up_host() -> Action {
     Action::SetLinkUp {
         side: Side::Node,
@@ -235,6 +269,7 @@ fn del_eth0(index: u32) -> Action {
 /// What follows `CreateVeth` for `spec(&[1], &[])` when `lo` is already up.
 fn fresh_v4_after_create() -> Vec<Action> {
     vec![
+        configure(),
         node_sysctl(Sysctl::Ipv4Forwarding, 1),
         node_sysctl(Sysctl::ProxyArp, 1),
         up_host(),
@@ -307,7 +342,8 @@ fn cases() -> Vec<Case> {
             nothing(false),
             Ok(vec![
                 create(),
-                node_sysctl(Sysctl::Ipv4Forwarding, 1),
+                configure(),
+        node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
                 up_host(),
                 up_eth0(),
@@ -325,7 +361,8 @@ fn cases() -> Vec<Case> {
             nothing(true),
             Ok(vec![
                 create(),
-                node_sysctl(Sysctl::Ipv4Forwarding, 1),
+                configure(),
+        node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
                 up_host(),
                 up_eth0(),
@@ -343,10 +380,11 @@ fn cases() -> Vec<Case> {
             nothing(false),
             Ok(vec![
                 create(),
-                node_sysctl(Sysctl::Ipv4Forwarding, 1),
+                configure(),
+        node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
-                node_sysctl(Sysctl::AcceptDad, 0),
                 node_sysctl(Sysctl::Ipv6Forwarding, 1),
+                add_gw(),
                 up_host(),
                 eth0_sysctl(Sysctl::AddrGenMode, 1),
                 up_eth0(),
@@ -363,11 +401,12 @@ fn cases() -> Vec<Case> {
             nothing(true),
             Ok(vec![
                 create(),
-                node_sysctl(Sysctl::Ipv4Forwarding, 1),
+                configure(),
+        node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
-                node_sysctl(Sysctl::AcceptDad, 0),
                 node_sysctl(Sysctl::Ipv6Forwarding, 1),
                 node_sysctl(Sysctl::Ipv6ForceForwarding, 1),
+                add_gw(),
                 up_host(),
                 eth0_sysctl(Sysctl::AddrGenMode, 1),
                 up_eth0(),
@@ -391,10 +430,11 @@ fn cases() -> Vec<Case> {
             nothing(false),
             Ok(vec![
                 create(),
-                node_sysctl(Sysctl::Ipv4Forwarding, 1),
+                configure(),
+        node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
-                node_sysctl(Sysctl::AcceptDad, 0),
                 node_sysctl(Sysctl::Ipv6Forwarding, 1),
+                add_gw(),
                 up_host(),
                 eth0_sysctl(Sysctl::AddrGenMode, 1),
                 up_eth0(),
@@ -434,7 +474,8 @@ fn cases() -> Vec<Case> {
             },
             Ok(vec![
                 create(),
-                node_sysctl(Sysctl::Ipv4Forwarding, 1),
+                configure(),
+        node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
                 up_host(),
                 up_eth0(),
@@ -483,7 +524,6 @@ fn cases() -> Vec<Case> {
             s4.clone(),
             with(&s4, true, |o| {
                 for (k, v) in [
-                    (Sysctl::AcceptDad, 1),
                     (Sysctl::Ipv6Forwarding, 0),
                     (Sysctl::Ipv6ForceForwarding, 0),
                 ] {
@@ -563,6 +603,22 @@ fn cases() -> Vec<Case> {
             Ok(vec![set_mac()]),
         ),
         case(
+            "our alias gone from the host link: set again",
+            s4.clone(),
+            with(&s4, false, |o| host_link(o).marked = false),
+            Ok(vec![configure()]),
+        ),
+        case(
+            "host down without our alias: alias before up, one request with the mode",
+            sd.clone(),
+            with(&sd, true, |o| {
+                let h = host_link(o);
+                h.up = false;
+                h.marked = false;
+            }),
+            Ok(vec![configure(), up_host()]),
+        ),
+        case(
             "proxy ARP off",
             s4.clone(),
             with(&s4, false, |o| {
@@ -571,12 +627,101 @@ fn cases() -> Vec<Case> {
             Ok(vec![node_sysctl(Sysctl::ProxyArp, 1)]),
         ),
         case(
-            "DAD back on at the up host link, dual stack",
+            "the kernel's own addresses back on at the up host link, dual stack",
             sd.clone(),
             with(&sd, false, |o| {
-                host_link(o).sysctls.insert(Sysctl::AcceptDad, 1);
+                host_link(o).sysctls.insert(Sysctl::AddrGenMode, 0);
             }),
-            Ok(vec![node_sysctl(Sysctl::AcceptDad, 0)]),
+            Ok(vec![configure()]),
+        ),
+        case(
+            "the kernel's own addresses back on at the up host link, IPv4 only",
+            s4.clone(),
+            with(&s4, false, |o| {
+                host_link(o).sysctls.remove(&Sysctl::AddrGenMode);
+            }),
+            Ok(vec![configure()]),
+        ),
+        case(
+            "the host's IPv6 gateway address missing",
+            sd.clone(),
+            with(&sd, false, |o| o.host_addresses.clear()),
+            Ok(vec![add_gw()]),
+        ),
+        case(
+            "host link down and its addresses flushed, as the kernel does: gateway before up",
+            s6.clone(),
+            with(&s6, true, |o| {
+                host_link(o).up = false;
+                o.host_addresses.clear();
+            }),
+            Ok(vec![add_gw(), up_host()]),
+        ),
+        case(
+            "the gateway tentative (added by someone with DAD): replaced",
+            s6.clone(),
+            with(&s6, false, |o| {
+                o.host_addresses = vec![host_addr(GATEWAY_V6, 128, true, true)];
+            }),
+            Ok(vec![del_host_addr(GATEWAY_V6, 128), add_gw()]),
+        ),
+        case(
+            "the gateway with a prefix route: replaced",
+            s6.clone(),
+            with(&s6, false, |o| {
+                o.host_addresses = vec![host_addr(GATEWAY_V6, 128, false, false)];
+            }),
+            Ok(vec![del_host_addr(GATEWAY_V6, 128), add_gw()]),
+        ),
+        case(
+            "a host link of an older version (the kernel's link-local and fe80::/64): mode, then ours instead",
+            sd.clone(),
+            with(&sd, false, |o| {
+                host_link(o).sysctls.insert(Sysctl::AddrGenMode, 0);
+                o.host_addresses = vec![kernel_link_local()];
+            }),
+            Ok(vec![
+                configure(),
+                del_host_addr(GATEWAY_V6, 64),
+                add_gw(),
+            ]),
+        ),
+        case(
+            "an IPv4-only host link of an older version: the kernel's link-local deleted",
+            s4.clone(),
+            with(&s4, false, |o| {
+                host_link(o).sysctls.insert(Sysctl::AddrGenMode, 0);
+                o.host_addresses = vec![kernel_link_local()];
+            }),
+            Ok(vec![
+                configure(),
+                del_host_addr(GATEWAY_V6, 64),
+            ]),
+        ),
+        case(
+            "the endpoint lost its IPv6 addresses: the gateway goes with its routes",
+            s4.clone(),
+            with(&sd, false, |o| {
+                o.host_routes.retain(|r| r.dst.is_ipv4());
+                o.container.addresses.retain(|a| a.0.is_ipv4());
+                o.container.routes.retain(|r| *r != ContainerRoute::DefaultV6);
+                o.container.neighbours.retain(|n| *n != ContainerNeighbour::GatewayV6);
+                o.container.addresses.retain(|a| a.0 != ip4(2));
+                o.host_routes.retain(|r| r.dst != ip4(2));
+            }),
+            Ok(vec![del_host_addr(GATEWAY_V6, 128)]),
+        ),
+        case(
+            "extra IPv6 addresses on the host link are deleted, in order",
+            sd.clone(),
+            with(&sd, false, |o| {
+                o.host_addresses.push(host_addr(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1), 64, false, false));
+                o.host_addresses.insert(0, host_addr(v6(7), 128, false, false));
+            }),
+            Ok(vec![
+                del_host_addr(v6(7), 128),
+                del_host_addr(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1), 64),
+            ]),
         ),
         case(
             "the kernel's own addresses back on at the up eth0, IPv6 only",
@@ -593,14 +738,14 @@ fn cases() -> Vec<Case> {
             Ok(vec![node_sysctl(Sysctl::Ipv6ForceForwarding, 1)]),
         ),
         case(
-            "host down with DAD on, dual stack: sysctl before up",
+            "host down with the kernel's own addresses on, dual stack: mode before up",
             sd.clone(),
             with(&sd, false, |o| {
                 let h = host_link(o);
                 h.up = false;
-                h.sysctls.insert(Sysctl::AcceptDad, 1);
+                h.sysctls.insert(Sysctl::AddrGenMode, 0);
             }),
-            Ok(vec![node_sysctl(Sysctl::AcceptDad, 0), up_host()]),
+            Ok(vec![configure(), up_host()]),
         ),
         case(
             "eth0 down with its own addresses on, dual stack: mode before up",
@@ -1089,6 +1234,34 @@ impl Kernel {
         if let Some(h) = self.state.host.take() {
             self.state.host_routes.retain(|r| r.oif != Some(h.index));
         }
+        self.state.host_addresses.clear();
+    }
+
+    /// True when the host link is ready (up, with carrier: both ends up).
+    fn is_ready(&self) -> bool {
+        self.paired()
+            && self.state.host.as_ref().is_some_and(|h| h.up)
+            && self.state.container.eth0.as_ref().is_some_and(|e| e.up)
+    }
+
+    /// The kernel's own step when the host link becomes ready: unless its
+    /// `addr_gen_mode` is none, it makes its EUI-64 link-local address
+    /// (with `fe80::/64`).
+    fn link_ready(&mut self, was_ready: bool) {
+        let Some(h) = self.state.host.as_ref() else {
+            return;
+        };
+        if self.is_ready()
+            && !was_ready
+            && h.sysctls.get(&Sysctl::AddrGenMode) != Some(&1)
+            && !self
+                .state
+                .host_addresses
+                .iter()
+                .any(|a| a.addr == GATEWAY_V6)
+        {
+            self.state.host_addresses.push(kernel_link_local());
+        }
     }
 
     fn drop_eth0(&mut self) {
@@ -1142,6 +1315,7 @@ impl Kernel {
                     is_veth: true,
                     mac: Some(HOST_MAC.to_vec()),
                     up: false,
+                    marked: false,
                     peer_index: Some(ei),
                     peer_netnsid: Some(nsid),
                     sysctls: BTreeMap::new(),
@@ -1158,6 +1332,11 @@ impl Kernel {
             Action::SetHostMac { host } => {
                 self.host_by_name(host)?.mac = Some(HOST_MAC.to_vec());
             }
+            Action::ConfigureHostLink { host } => {
+                let h = self.host_by_name(host)?;
+                h.marked = true;
+                h.sysctls.insert(Sysctl::AddrGenMode, 1);
+            }
             Action::SetSysctl {
                 side,
                 ifname,
@@ -1170,7 +1349,35 @@ impl Kernel {
                 };
                 map.insert(*sysctl, *value);
             }
+            Action::AddHostGateway { host } => {
+                self.host_by_name(host)?;
+                // IPv6 addresses are keyed by address alone.
+                if self
+                    .state
+                    .host_addresses
+                    .iter()
+                    .any(|a| a.addr == GATEWAY_V6)
+                {
+                    return Err(format!("EEXIST: {GATEWAY_V6} already on {host}"));
+                }
+                self.state.host_addresses.push(HostAddress::gateway());
+            }
+            Action::DeleteHostAddress {
+                host,
+                addr,
+                prefix_len,
+            } => {
+                self.host_by_name(host)?;
+                let before = self.state.host_addresses.len();
+                self.state
+                    .host_addresses
+                    .retain(|a| (a.addr, a.prefix_len) != (*addr, *prefix_len));
+                if self.state.host_addresses.len() == before {
+                    return Err(format!("EADDRNOTAVAIL: {addr}/{prefix_len} on {host}"));
+                }
+            }
             Action::SetLinkUp { side, ifname } => {
+                let was_ready = self.is_ready();
                 let wants_ipv6 = self.wants_ipv6;
                 let (up, sysctls) = match (side, ifname.as_str()) {
                     (Side::Container, "lo") => {
@@ -1189,12 +1396,12 @@ impl Kernel {
                 // Not a kernel error, the planner's promise: a link whose
                 // IPv6 addresses matter goes up with DAD already off, or
                 // with no address of the kernel's own that could wait on it.
-                let dad_off = sysctls.get(&Sysctl::AcceptDad) == Some(&0)
-                    || sysctls.get(&Sysctl::AddrGenMode) == Some(&1);
+                let dad_off = sysctls.get(&Sysctl::AddrGenMode) == Some(&1);
                 if wants_ipv6 && !*up && !dad_off {
                     return Err(format!("{ifname} ({side}) brought up with DAD on"));
                 }
                 *up = true;
+                self.link_ready(was_ready);
             }
             Action::DeleteContainerAddress { addr, prefix_len } => {
                 self.eth0_by_name(CONTAINER_IFNAME)?;
@@ -1362,7 +1569,6 @@ fn arb_sysctls() -> impl Strategy<Value = BTreeMap<Sysctl, i32>> {
             Sysctl::ProxyArp,
             Sysctl::Ipv6Forwarding,
             Sysctl::Ipv6ForceForwarding,
-            Sysctl::AcceptDad,
             Sysctl::AddrGenMode,
         ]),
         0..=2i32,
@@ -1385,16 +1591,18 @@ fn arb_host() -> impl Strategy<Value = Option<HostLink>> {
             prop::bool::weighted(0.85),
             arb_mac(),
             any::<bool>(),
+            prop::bool::weighted(0.8),
             prop::sample::select(vec![Some(ETH0_IDX), Some(3), None]),
             prop::sample::select(vec![Some(NSID), Some(NSID + 1), None]),
             arb_sysctls(),
         )
             .prop_map(
-                |(is_veth, mac, up, peer_index, peer_netnsid, sysctls)| HostLink {
+                |(is_veth, mac, up, marked, peer_index, peer_netnsid, sysctls)| HostLink {
                     index: HOST_IDX,
                     is_veth,
                     mac,
                     up,
+                    marked,
                     peer_index,
                     peer_netnsid,
                     sysctls,
@@ -1465,9 +1673,31 @@ fn arb_host_routes() -> impl Strategy<Value = Vec<HostRoute>> {
     })
 }
 
+/// Host IPv6 addresses: ours, the kernel's of an older version, ours
+/// half-right, someone else's; one prefix per address (IPv6 keys by
+/// address alone).
+fn arb_host_addresses() -> impl Strategy<Value = Vec<HostAddress>> {
+    prop::sample::subsequence(
+        vec![
+            HostAddress::gateway(),
+            kernel_link_local(),
+            host_addr(GATEWAY_V6, 128, true, true),
+            host_addr(GATEWAY_V6, 128, false, false),
+            host_addr(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1), 64, false, false),
+            host_addr(v6(7), 128, false, false),
+        ],
+        0..=3,
+    )
+    .prop_map(|mut v| {
+        let mut seen = BTreeSet::new();
+        v.retain(|a| seen.insert(a.addr));
+        v
+    })
+}
+
 fn arb_observed() -> impl Strategy<Value = Observed> {
     (
-        arb_host(),
+        (arb_host(), arb_host_addresses()),
         arb_host_routes(),
         prop::sample::select(vec![Some(NSID), Some(NSID + 1), None]),
         arb_eth0(),
@@ -1489,9 +1719,21 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
         any::<bool>(),
     )
         .prop_map(
-            |(host, host_routes, nsid, eth0, lo_up, addresses, routes, neighbours, ff, pair)| {
+            |(
+                (host, host_addresses),
+                host_routes,
+                nsid,
+                eth0,
+                lo_up,
+                addresses,
+                routes,
+                neighbours,
+                ff,
+                pair,
+            )| {
                 let mut o = Observed {
                     host,
+                    host_addresses,
                     host_routes,
                     container_nsid: nsid,
                     container: ContainerState {
@@ -1549,6 +1791,7 @@ fn make_consistent(o: &mut Observed, pair: bool) {
         o.container.neighbours.clear();
     }
     if o.host.is_none() {
+        o.host_addresses.clear();
         // A route of ours through a link that is not there is one through
         // another link.
         for r in o.host_routes.iter_mut().filter(|r| r.oif == Some(HOST_IDX)) {
@@ -1565,9 +1808,12 @@ fn make_consistent(o: &mut Observed, pair: bool) {
 #[derive(Clone, Debug)]
 enum Drift {
     HostDown,
+    HostUnmarked,
     Eth0Down,
     LoDown,
     HostMac(Option<Vec<u8>>),
+    DropHostAddresses,
+    HostAddress(HostAddress),
     HostSysctl(Sysctl, Option<i32>),
     Eth0Sysctl(Sysctl, Option<i32>),
     DropAddress(prop::sample::Index),
@@ -1595,16 +1841,20 @@ fn arb_drift() -> impl Strategy<Value = Drift> {
         Sysctl::ProxyArp,
         Sysctl::Ipv6Forwarding,
         Sysctl::Ipv6ForceForwarding,
-        Sysctl::AcceptDad,
         Sysctl::AddrGenMode,
     ]);
     let value = prop::option::of(0..=1i32);
     let addr = prop::sample::select(pool());
     prop_oneof![
         Just(Drift::HostDown),
+        Just(Drift::HostUnmarked),
         Just(Drift::Eth0Down),
         Just(Drift::LoDown),
         prop::sample::select(vec![None, Some(vec![2, 0, 0, 0, 0, 9])]).prop_map(Drift::HostMac),
+        Just(Drift::DropHostAddresses),
+        arb_host_addresses()
+            .prop_filter("one address", |v| !v.is_empty())
+            .prop_map(|v| Drift::HostAddress(v[0])),
         (sysctl.clone(), value.clone()).prop_map(|(k, v)| Drift::HostSysctl(k, v)),
         (sysctl, value).prop_map(|(k, v)| Drift::Eth0Sysctl(k, v)),
         any::<prop::sample::Index>().prop_map(Drift::DropAddress),
@@ -1671,9 +1921,16 @@ fn apply_drift(o: &mut Observed, d: &Drift) {
     let c = &mut o.container;
     match d {
         Drift::HostDown => o.host.iter_mut().for_each(|h| h.up = false),
+        Drift::HostUnmarked => o.host.iter_mut().for_each(|h| h.marked = false),
         Drift::Eth0Down => c.eth0.iter_mut().for_each(|e| e.up = false),
         Drift::LoDown => c.lo_up = false,
         Drift::HostMac(m) => o.host.iter_mut().for_each(|h| h.mac = m.clone()),
+        Drift::DropHostAddresses => o.host_addresses.clear(),
+        Drift::HostAddress(a) => {
+            // One prefix per address, as IPv6 has it.
+            o.host_addresses.retain(|x| x.addr != a.addr);
+            o.host_addresses.push(*a);
+        }
         Drift::HostSysctl(k, v) => o
             .host
             .iter_mut()
