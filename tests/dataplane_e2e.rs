@@ -245,22 +245,27 @@ fn the_daemon_answers_plugins_configured_like_it_and_leaves_the_others_to_themse
     let debug = [("CALICO_MESOS_LOG_LEVEL", "debug")];
     let answered_here = "answering it here";
 
-    // Configured like the daemon: the daemon answers allocate and isolate.
-    let a = testsupport::Container::new(&agent.node.ns);
-    let reply = plugin_with(
-        &agent,
-        &debug,
-        &json!({"command": "allocate", "args": {
-        "hostname": "agent", "uid": "task-a", "num_ipv4": 1, "num_ipv6": 1}}),
-    );
-    assert!(reply.is_ok(), "{}", reply.answer);
-    assert!(!reply.stderr.contains(answered_here), "{}", reply.stderr);
-    let (a4, a6) = (reply.addrs("ipv4")[0], reply.addrs("ipv6")[0]);
-    let reply = plugin_with(&agent, &debug, &isolate("c-a", a.pid(), a4, a6, &["web"]));
-    assert!(reply.is_ok(), "{}", reply.answer);
-    assert!(!reply.stderr.contains(answered_here), "{}", reply.stderr);
+    // Allocates and isolates container `c` with `env`; true when both
+    // were answered by the plugin process itself.
+    let launch = |env: &[(&str, &str)], c: &str| {
+        let container = testsupport::Container::new(&agent.node.ns);
+        let allocate = json!({"command": "allocate", "args": {
+            "hostname": "agent", "uid": format!("task-{c}"), "num_ipv4": 1, "num_ipv6": 1}});
+        let reply = plugin_with(&agent, env, &allocate);
+        assert!(reply.is_ok(), "{}", reply.answer);
+        let (v4, v6) = (reply.addrs("ipv4")[0], reply.addrs("ipv6")[0]);
+        let isolated = plugin_with(&agent, env, &isolate(c, container.pid(), v4, v6, &["web"]));
+        assert!(isolated.is_ok(), "{}", isolated.answer);
+        let here = [reply, isolated].map(|r| r.stderr.contains(answered_here));
+        assert_eq!(here[0], here[1], "allocate and isolate alike");
+        (container, v4, v6, here[0])
+    };
     let served =
         |d: &common::agent::Daemon| d.log_text().matches("answered a plugin's request").count();
+
+    // Configured like the daemon: the daemon answers allocate and isolate.
+    let (a, a4, a6, here) = launch(&debug, "c-a");
+    assert!(!here);
     assert_eq!(served(&daemon), 2, "{}", daemon.log_text());
 
     // Configured for another store (another etcd prefix): the plugin
@@ -269,19 +274,8 @@ fn the_daemon_answers_plugins_configured_like_it_and_leaves_the_others_to_themse
         ("CALICO_MESOS_LOG_LEVEL", "debug"),
         ("CALICO_MESOS_ETCD_PREFIX", "/other/"),
     ];
-    let b = testsupport::Container::new(&agent.node.ns);
-    let reply = plugin_with(
-        &agent,
-        &other,
-        &json!({"command": "allocate", "args": {
-        "hostname": "agent", "uid": "task-b", "num_ipv4": 1, "num_ipv6": 1}}),
-    );
-    assert!(reply.is_ok(), "{}", reply.answer);
-    assert!(reply.stderr.contains(answered_here), "{}", reply.stderr);
-    let (b4, b6) = (reply.addrs("ipv4")[0], reply.addrs("ipv6")[0]);
-    let reply = plugin_with(&agent, &other, &isolate("c-b", b.pid(), b4, b6, &["web"]));
-    assert!(reply.is_ok(), "{}", reply.answer);
-    assert!(reply.stderr.contains(answered_here), "{}", reply.stderr);
+    let (b, b4, b6, here) = launch(&other, "c-b");
+    assert!(here);
     assert_eq!(served(&daemon), 2, "{}", daemon.log_text());
 
     // Both work alike.
@@ -293,7 +287,7 @@ fn the_daemon_answers_plugins_configured_like_it_and_leaves_the_others_to_themse
     assert_eq!(reply.error(), Some("Missing uid"));
     assert_eq!(served(&daemon), 2);
 
-    for (id, uid) in [("c-a", "task-a"), ("c-b", "task-b")] {
+    for (id, uid) in [("c-a", "task-c-a"), ("c-b", "task-c-b")] {
         agent.plugin_ok(&json!({"command": "release", "args": {"uid": uid}}));
         agent.plugin_ok(
             &json!({"command": "cleanup", "args": {"hostname": "agent", "container_id": id}}),

@@ -290,48 +290,39 @@ mod tests {
         assert_eq!(sent, KickRequest::Serve(request()));
     }
 
-    #[test]
-    fn refused_or_closed_before_accepting_is_not_served() {
-        for lines in [&[r#"{"refused":"another node"}"#][..], &[][..]] {
-            let (dir, daemon) = fake_daemon(lines, false);
-            let e = serve(dir.path(), request(), Duration::from_secs(5)).unwrap_err();
-            assert!(
-                matches!(e, ServeError::NotServed(KickError::Refused(_))),
-                "{lines:?}: {e:?}"
-            );
-            daemon.join().unwrap();
-        }
+    /// What `serve` makes of a daemon that replies `lines` (and then stays
+    /// silent when `hang`), waiting `wait` for each reply.
+    fn failure(lines: &'static [&'static str], hang: bool, wait: Duration) -> ServeError {
+        let (dir, daemon) = fake_daemon(lines, hang);
+        let e = serve(dir.path(), request(), wait).unwrap_err();
+        daemon.join().unwrap();
+        e
     }
 
     #[test]
-    fn accepted_then_silence_may_have_been_carried_out() {
-        // Closed after accepting.
-        let (dir, daemon) = fake_daemon(&[r#""accepted""#], false);
-        let e = serve(dir.path(), request(), Duration::from_secs(5)).unwrap_err();
-        assert!(
-            matches!(e, ServeError::Unanswered(KickError::Refused(_))),
-            "{e:?}"
-        );
-        daemon.join().unwrap();
-        // Still open after accepting, past the timeout.
-        let (dir, daemon) = fake_daemon(&[r#""accepted""#], true);
-        let e = serve(dir.path(), request(), Duration::from_millis(50)).unwrap_err();
-        assert!(
-            matches!(e, ServeError::Unanswered(KickError::Timeout(_))),
-            "{e:?}"
-        );
-        daemon.join().unwrap();
-    }
-
-    #[test]
-    fn silence_before_accepting_is_not_taken_for_a_refusal() {
-        let (dir, daemon) = fake_daemon(&[], true);
-        let e = serve(dir.path(), request(), Duration::from_millis(50)).unwrap_err();
-        assert!(
-            matches!(e, ServeError::Unanswered(KickError::Timeout(_))),
-            "{e:?}"
-        );
-        daemon.join().unwrap();
+    fn only_what_the_daemon_never_accepted_counts_as_not_served() {
+        use KickError::{Refused, Timeout};
+        use ServeError::{NotServed, Unanswered};
+        let (long, short) = (Duration::from_secs(5), Duration::from_millis(50));
+        let refused: &[&str] = &[r#"{"refused":"another node"}"#];
+        let accepted: &[&str] = &[r#""accepted""#];
+        // Refused, or closed before accepting: nothing was done.
+        assert!(matches!(
+            failure(refused, false, long),
+            NotServed(Refused(_))
+        ));
+        assert!(matches!(failure(&[], false, long), NotServed(Refused(_))));
+        // Silent past the wait, before or after accepting, or closed after
+        // accepting: it may have been carried out.
+        assert!(matches!(failure(&[], true, short), Unanswered(Timeout(_))));
+        assert!(matches!(
+            failure(accepted, true, short),
+            Unanswered(Timeout(_))
+        ));
+        assert!(matches!(
+            failure(accepted, false, long),
+            Unanswered(Refused(_))
+        ));
     }
 
     #[test]
