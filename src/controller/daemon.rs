@@ -73,6 +73,8 @@ struct Shared {
     ctx: Arc<NodeContext>,
     /// The daemon's configuration (requests it serves are answered with it).
     config: Config,
+    /// Held while a served IPAM request runs (one at a time per node).
+    ipam_writer: Mutex<()>,
     index: OwnerIndex,
     /// Container ids with a live watcher, and the namespace it watches.
     watchers: Mutex<HashMap<String, (NetnsId, AbortHandle)>>,
@@ -119,6 +121,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         ctx,
         config: config.clone(),
+        ipam_writer: Mutex::new(()),
         index: OwnerIndex::default(),
         watchers: Mutex::new(HashMap::new()),
         triggers: tx.downgrade(),
@@ -595,8 +598,18 @@ async fn serve(shared: Arc<Shared>, tx: Triggers, request: ServeRequest) -> serd
             tx,
             runtime,
         };
-        let answer =
-            plugin::answer_in_daemon(&request.request, &shared.ctx.store, &config, &converger);
+        let answer = match plugin::parse(request.request.as_bytes()) {
+            Ok(request) => {
+                // One IPAM writer per node: concurrent allocations of one
+                // node would all take the next address of the same block
+                // and retry each other's conflicts.
+                let _writer = request
+                    .is_ipam()
+                    .then(|| shared.ipam_writer.lock().expect("IPAM writer lock"));
+                plugin::execute(&shared.ctx.store, &config, &converger, request)
+            }
+            Err(invalid) => plugin::Answer::error(invalid.0),
+        };
         tracing::debug!(ok = answer.is_ok(), "answered a plugin's request");
         answer.body
     })

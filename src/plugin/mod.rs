@@ -119,21 +119,6 @@ fn ask_daemon(input: &[u8], config: &Config) -> Result<Value, ServeError> {
     kick::serve(&config.run_dir, request, daemon_timeout(config))
 }
 
-/// Answers a request the node's daemon was handed ([`answer`] sent it):
-/// checked again, then carried out with the daemon's store and its way of
-/// reconciling.
-pub fn answer_in_daemon(
-    input: &str,
-    store: &Arc<dyn Store>,
-    config: &Config,
-    converger: &dyn Converge,
-) -> Answer {
-    match parse(input.as_bytes()) {
-        Ok(request) => execute(store, config, converger, request),
-        Err(invalid) => Answer::error(invalid.0),
-    }
-}
-
 /// Carry out a checked request against the store; isolate and cleanup have
 /// their endpoint reconciled through `converger`.
 pub fn execute(

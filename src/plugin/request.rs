@@ -44,6 +44,15 @@ impl Request {
             Request::Isolate(_) | Request::Cleanup(_) | Request::Release(_)
         )
     }
+
+    /// True for the requests that change IPAM only (allocate, reserve,
+    /// release).
+    pub fn is_ipam(&self) -> bool {
+        matches!(
+            self,
+            Request::Allocate(_) | Request::Reserve(_) | Request::Release(_)
+        )
+    }
 }
 
 /// Arguments of `allocate`.
