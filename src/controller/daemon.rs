@@ -22,6 +22,7 @@ use crate::endpoint::{self, Endpoint, NetnsId};
 use crate::ipam::Block;
 use crate::node;
 use crate::plugin;
+use crate::store::mirror::MirroredStore;
 use crate::store::{self, keys, Change, Store, StoreError};
 use anyhow::Context as _;
 use reconcilers::endpoint::Action;
@@ -109,6 +110,12 @@ pub async fn run(
     // table): a daemon that listens has its configuration in force.
     // Plugins that kick meanwhile find no socket and wait for it, since
     // the node lock is held.
+    // On etcd the daemon reads from a replica of the store that the watch
+    // keeps current, and writes through it (store::mirror).
+    let store: Arc<dyn Store> = match MirroredStore::new(store.clone()) {
+        Some(mirrored) => Arc::new(mirrored),
+        None => store,
+    };
     let ctx = Arc::new(NodeContext::open(config, store.clone()).await?);
     let socket = kick::socket_path(&config.run_dir);
     // We hold the lock, so a socket file left here is a dead daemon's.

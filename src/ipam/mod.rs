@@ -144,3 +144,8 @@ mod tests;
 #[path = "tests.rs"]
 #[allow(clippy::duplicate_mod)]
 mod tests_etcd;
+// And against etcd read through the daemon's replica of it.
+#[cfg(test)]
+#[path = "tests.rs"]
+#[allow(clippy::duplicate_mod)]
+mod tests_mirror;

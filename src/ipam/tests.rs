@@ -1,6 +1,7 @@
-//! IPAM behaviour against a real store: this file is compiled twice, as
-//! `ipam::tests` (a SQLite file in a temporary directory) and as
-//! `ipam::tests_etcd` (its own prefix on a real test etcd).
+//! IPAM behaviour against a real store: this file is compiled three times,
+//! as `ipam::tests` (a SQLite file in a temporary directory),
+//! `ipam::tests_etcd` (its own prefix on a real test etcd) and
+//! `ipam::tests_mirror` (the same, read through the daemon's replica).
 
 use super::*;
 use crate::store::{keys, testing, Store};

@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod etcd;
 pub mod keys;
+pub mod mirror;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -1,7 +1,7 @@
 //! Test stores for the unit tests: one function gives a fresh, empty store
 //! of either backend, so the same test body runs against both.
 
-use super::{etcd::EtcdStore, sqlite::SqliteStore, EtcdOptions, Store};
+use super::{etcd::EtcdStore, mirror::MirroredStore, sqlite::SqliteStore, EtcdOptions, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,14 +15,17 @@ pub enum Kind {
     Sqlite,
     /// A prefix of its own on the shared test etcd.
     Etcd,
+    /// The same, read through the daemon's replica of it.
+    EtcdMirror,
 }
 
 /// What keeps a test store's backend alive (and removes it on drop).
 pub enum Keep {
     /// The temporary directory of the SQLite file.
     Dir(tempfile::TempDir),
-    /// The test etcd (stopped when its last user is done) and the prefix.
-    Etcd(Arc<testsupport::etcd::Etcd>, String),
+    /// The test etcd (stopped when its last user is done), the prefix, and
+    /// whether stores on it read through a replica.
+    Etcd(Arc<testsupport::etcd::Etcd>, String, bool),
 }
 
 impl Keep {
@@ -32,7 +35,7 @@ impl Keep {
             Keep::Dir(dir) => Box::new(
                 SqliteStore::open(dir.path().join("store.db").to_str().unwrap(), TIMEOUT).unwrap(),
             ),
-            Keep::Etcd(etcd, prefix) => Box::new(etcd_store(etcd, prefix)),
+            Keep::Etcd(etcd, prefix, mirrored) => open_etcd(etcd, prefix, *mirrored),
         }
     }
 }
@@ -46,12 +49,22 @@ pub fn fresh(kind: Kind) -> (Keep, Box<dyn Store>) {
             let store = SqliteStore::open(path.to_str().unwrap(), TIMEOUT).unwrap();
             (Keep::Dir(dir), Box::new(store))
         }
-        Kind::Etcd => {
+        Kind::Etcd | Kind::EtcdMirror => {
             let etcd = testsupport::etcd::shared();
             let prefix = testsupport::etcd::unique_prefix("unit");
-            let store = etcd_store(&etcd, &prefix);
-            (Keep::Etcd(etcd, prefix), Box::new(store))
+            let mirrored = kind == Kind::EtcdMirror;
+            let store = open_etcd(&etcd, &prefix, mirrored);
+            (Keep::Etcd(etcd, prefix, mirrored), store)
         }
+    }
+}
+
+fn open_etcd(etcd: &testsupport::etcd::Etcd, prefix: &str, mirrored: bool) -> Box<dyn Store> {
+    let store = etcd_store(etcd, prefix);
+    if mirrored {
+        Box::new(MirroredStore::new(Arc::new(store)).expect("etcd has a change signal"))
+    } else {
+        Box::new(store)
     }
 }
 
@@ -75,11 +88,14 @@ pub fn etcd_store(etcd: &testsupport::etcd::Etcd, prefix: &str) -> EtcdStore {
 }
 
 /// The backend a test module runs against, from its path: modules whose
-/// name ends in `_etcd` use etcd, every other one SQLite. This lets one
-/// test file be compiled twice (`#[path]`) and run against both.
+/// name ends in `_etcd` use etcd, `_mirror` etcd through a replica, every
+/// other one SQLite. This lets one test file be compiled more than once
+/// (`#[path]`) and run against each.
 pub fn kind_of_module(module_path: &str) -> Kind {
     if module_path.ends_with("_etcd") {
         Kind::Etcd
+    } else if module_path.ends_with("_mirror") {
+        Kind::EtcdMirror
     } else {
         Kind::Sqlite
     }
