@@ -529,8 +529,11 @@ fn addresses(ep: &Endpoint) -> Vec<IpAddr> {
 /// every link seen has its record in the list.
 pub async fn list_and_sweep(ctx: &NodeContext, dry_run: bool) -> anyhow::Result<Sweep> {
     let inventory = ctx.dataplane.inventory().await?;
-    // Read from the store itself, not the cache: a link just made must
-    // find its endpoint here, and the cache may not have seen it yet.
+    // Read from the store, not the endpoint cache: a link just made must
+    // find its endpoint here, and the cache may not have seen it yet. (The
+    // daemon's replica of an etcd store has it: links are only made by the
+    // node lock's holder, after it read or wrote the endpoint through that
+    // same store.)
     let endpoints: Vec<Endpoint> = endpoint::list(ctx.store.as_ref(), &ctx.node)?
         .into_iter()
         .map(|v| v.value)
