@@ -1,12 +1,18 @@
 //! IPAM benchmarks (issue 2), printed as a Markdown table for BENCHMARKS.md:
 //! - in-process allocation throughput on SQLite;
 //! - whole-process `allocate` (spawn → answer) median and p99;
-//! - store size and allocate cost with 50,000 addresses already allocated.
+//! - store size and allocate cost with 50,000 addresses already allocated;
+//! - in-process allocation on a real etcd (Debian's etcd-server on a free
+//!   loopback port), reading the store directly (as a plugin process does)
+//!   and through the daemon's replica of it (`store::mirror`).
 //!
 //! Run with `cargo bench --bench ipam`. Numbers are reported, never asserted.
 
 use calico_mesos::ipam::{self, IpPool, Request};
+use calico_mesos::store::mirror::MirroredStore;
 use calico_mesos::store::sqlite::SqliteStore;
+use calico_mesos::store::{etcd::EtcdStore, EtcdOptions, Store};
+use std::sync::Arc;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,13 +20,17 @@ use std::time::{Duration, Instant};
 fn store(dir: &std::path::Path) -> SqliteStore {
     let path = dir.join("store.db");
     let store = SqliteStore::open(path.to_str().unwrap(), Duration::from_secs(5)).unwrap();
-    for cidr in ["198.18.0.0/16", "2001:db8:1::/64"] {
-        ipam::add_pool(&store, &IpPool::new(cidr.parse().unwrap(), None).unwrap()).unwrap();
-    }
+    add_pools(&store);
     store
 }
 
-fn allocate_one(store: &SqliteStore, uid: &str) {
+fn add_pools(store: &dyn Store) {
+    for cidr in ["198.18.0.0/16", "2001:db8:1::/64"] {
+        ipam::add_pool(store, &IpPool::new(cidr.parse().unwrap(), None).unwrap()).unwrap();
+    }
+}
+
+fn allocate_one(store: &dyn Store, uid: &str) {
     ipam::allocate(
         store,
         &Request {
@@ -113,6 +123,45 @@ fn at_scale() -> (Duration, Duration, u64) {
     (first / 1_000, last / 1_000, size)
 }
 
+/// CPU time (user + system) of this process so far.
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Sequential in-process allocations on etcd under a prefix of their own:
+/// (wall time, this process's CPU time) per allocation.
+fn on_etcd(etcd: &testsupport::etcd::Etcd, mirrored: bool, n: usize) -> (Duration, Duration) {
+    let direct = EtcdStore::open(
+        &[etcd.host_port()],
+        false,
+        &EtcdOptions {
+            prefix: testsupport::etcd::unique_prefix("ipam-bench"),
+            ..Default::default()
+        },
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let s: Box<dyn Store> = if mirrored {
+        Box::new(MirroredStore::new(Arc::new(direct)).unwrap())
+    } else {
+        Box::new(direct)
+    };
+    add_pools(s.as_ref());
+    allocate_one(s.as_ref(), "warm-up");
+    let (start, cpu) = (Instant::now(), cpu_time());
+    for i in 0..n {
+        allocate_one(s.as_ref(), &format!("uid-{i}"));
+    }
+    (start.elapsed() / n as u32, (cpu_time() - cpu) / n as u32)
+}
+
 fn main() {
     // `cargo test --benches` runs benches with --bench absent: keep it quick.
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -126,6 +175,16 @@ fn main() {
         ms(median)
     );
     println!("| whole-process allocate p99 | {} | — |", ms(p99));
+    let etcd = testsupport::etcd::Etcd::start();
+    let n = if quick { 20 } else { 1_000 };
+    for (mirrored, how) in [(false, "read directly"), (true, "through the daemon's replica")] {
+        let (wall, cpu) = on_etcd(&etcd, mirrored, n);
+        println!(
+            "| in-process allocate on etcd (1 IPv4 each, {n} in a row), {how}: per allocation, wall / CPU of this process | {} / {} | — |",
+            ms(wall),
+            ms(cpu)
+        );
+    }
     if quick {
         return;
     }
