@@ -12,9 +12,9 @@ use calico_mesos::ipam::{self, IpPool, Request};
 use calico_mesos::store::mirror::MirroredStore;
 use calico_mesos::store::sqlite::SqliteStore;
 use calico_mesos::store::{etcd::EtcdStore, EtcdOptions, Store};
-use std::sync::Arc;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn store(dir: &std::path::Path) -> SqliteStore {
@@ -177,7 +177,10 @@ fn main() {
     println!("| whole-process allocate p99 | {} | — |", ms(p99));
     let etcd = testsupport::etcd::Etcd::start();
     let n = if quick { 20 } else { 1_000 };
-    for (mirrored, how) in [(false, "read directly"), (true, "through the daemon's replica")] {
+    for (mirrored, how) in [
+        (false, "read directly"),
+        (true, "through the daemon's replica"),
+    ] {
         let (wall, cpu) = on_etcd(&etcd, mirrored, n);
         println!(
             "| in-process allocate on etcd (1 IPv4 each, {n} in a row), {how}: per allocation, wall / CPU of this process | {} / {} | — |",

@@ -49,6 +49,9 @@ pub struct Config {
     /// How long an endpoint whose container is gone is kept before its
     /// interface is removed and its addresses are released.
     pub orphan_grace: Duration,
+    /// How long after its last allocation a uid's addresses that no
+    /// endpoint uses are released (an allocate whose isolate never came).
+    pub leak_grace: Duration,
     /// This node's own addresses, which its host profile lets reach its
     /// containers; `None` = detect them (`policy::node_addresses`).
     pub node_addresses: Option<Vec<IpAddr>>,
@@ -83,6 +86,7 @@ struct FileConfig {
     isolate_timeout: Option<String>,
     resync_interval: Option<String>,
     orphan_grace: Option<String>,
+    leak_grace: Option<String>,
     node_addresses: Option<AddressList>,
     policy: Option<String>,
     fabric_routes: Option<String>,
@@ -216,6 +220,7 @@ impl Config {
                 "ISOLATE_TIMEOUT" => &mut file.isolate_timeout,
                 "RESYNC_INTERVAL" => &mut file.resync_interval,
                 "ORPHAN_GRACE" => &mut file.orphan_grace,
+                "LEAK_GRACE" => &mut file.leak_grace,
                 "POLICY" => &mut file.policy,
                 "FABRIC_ROUTES" => &mut file.fabric_routes,
                 "ETCD_CA_CERT_FILE" => &mut file.etcd_ca_cert_file,
@@ -296,6 +301,7 @@ impl Config {
             isolate_timeout: duration("isolate_timeout", file.isolate_timeout, 30)?,
             resync_interval: duration("resync_interval", file.resync_interval, 60)?,
             orphan_grace: duration("orphan_grace", file.orphan_grace, 60)?,
+            leak_grace: duration("leak_grace", file.leak_grace, 600)?,
             node_addresses: file.node_addresses.map(node_addresses).transpose()?,
             policy: match file.policy.as_deref() {
                 None | Some("enforce") => PolicyMode::Enforce,

@@ -336,6 +336,38 @@ fn reboot_rebuilds_live_containers_and_collects_dead_ones() {
     let reply = agent.plugin_ok(&serde_json::json!({"command": "reserve", "args": {
         "hostname": "agent", "uid": "again", "ipv4_addrs": [dead_addrs[0].to_string()]}}));
     assert!(reply.is_ok());
+
+    // An allocation whose isolate never comes (the agent restarted between
+    // the two), and the reservation above, never isolated either: their
+    // addresses are released once no endpoint has used them for
+    // leak_grace, and the live containers' stay.
+    agent.plugin_ok(&serde_json::json!({"command": "allocate", "args": {
+        "hostname": "agent", "uid": "never-isolated", "num_ipv4": 1, "num_ipv6": 1}}));
+    assert_eq!(agent.store.used(), 7);
+    let collect = |agent: &Agent, leak_grace: &str| {
+        let mut cmd = agent.command();
+        cmd.arg("reconcile")
+            .envs(grace)
+            .env("CALICO_MESOS_LEAK_GRACE", leak_grace);
+        let out = common::run(cmd, b"");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = collect(&agent, "10m");
+    assert!(out.contains("0 leaked allocation(s) released"), "{out}");
+    assert_eq!(agent.store.used(), 7, "kept during leak_grace");
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = collect(&agent, "1s");
+    assert!(out.contains("2 leaked allocation(s) released"), "{out}");
+    assert!(out.contains("leaked: uid never-isolated ("), "{out}");
+    assert!(out.contains("leaked: uid again ("), "{out}");
+    assert_eq!(agent.store.used(), 4, "the live containers' addresses stay");
+    for c in &launched {
+        assert!(
+            ping(&agent.node.ns, c.v4),
+            "node -> {} after the collection",
+            c.id
+        );
+    }
     for c in &launched {
         agent.finish(c);
     }

@@ -56,6 +56,9 @@ pub fn run(config: &Config, store: Arc<dyn Store>, dry_run: bool) -> anyhow::Res
     if let Err(message) = &pass.fabric {
         anyhow::bail!("the routes to other nodes could not be applied: {message}");
     }
+    if let Err(message) = &pass.leaks {
+        anyhow::bail!("allocations no endpoint uses could not be collected: {message}");
+    }
     match pass.failed() {
         0 => Ok(()),
         n => anyhow::bail!("{n} endpoint(s) failed"),
@@ -133,13 +136,30 @@ fn summary(pass: &Pass, dry_run: bool) -> String {
         }
         Err(message) => out.push_str(&format!("routes: FAILED ({message})\n")),
     }
+    match &pass.leaks {
+        Ok(leaks) => {
+            for leak in leaks {
+                let addresses: Vec<String> =
+                    leak.addresses.iter().map(ToString::to_string).collect();
+                out.push_str(&format!(
+                    "leaked: uid {} ({}), allocated {}s ago and used by no endpoint: {verb} release\n",
+                    leak.uid,
+                    addresses.join(", "),
+                    leak.age.as_secs()
+                ));
+            }
+        }
+        Err(message) => out.push_str(&format!("leaked allocations: FAILED ({message})\n")),
+    }
     let what = if dry_run { "would change" } else { "changed" };
     out.push_str(&format!(
-        "{} endpoint(s): {ready} ready ({changed} {what}), {removed} removed, {orphaned} orphaned, {failed} failed; {} stray link(s) or route(s); {} policy change(s); {} route(s) to other nodes changed\n",
+        "{} endpoint(s): {ready} ready ({changed} {what}), {removed} removed, {orphaned} orphaned, {failed} failed; {} stray link(s) or route(s); {} policy change(s); {} route(s) to other nodes changed; {} leaked allocation(s) {}\n",
         pass.outcomes.len(),
         pass.strays.len(),
         pass.policy.as_ref().map_or(0, Vec::len),
-        pass.fabric.as_ref().map_or(0, Vec::len)
+        pass.fabric.as_ref().map_or(0, Vec::len),
+        pass.leaks.as_ref().map_or(0, Vec::len),
+        if dry_run { "to release" } else { "released" }
     ));
     out
 }

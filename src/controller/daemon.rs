@@ -14,7 +14,8 @@ use super::kick::{self, KickReply, KickRequest, ServeRequest};
 use super::lock::NodeLock;
 use super::loop_status::{self, LoopStatus};
 use super::reconcile::{
-    list_and_sweep, reconcile_endpoint, reconcile_policy, spec_of, NodeContext, Outcome, Sweep,
+    collect_leaked_addresses, list_and_sweep, reconcile_endpoint, reconcile_policy, spec_of,
+    NodeContext, Outcome, Sweep,
 };
 use super::runner::{self, Trigger};
 use crate::config::Config;
@@ -90,6 +91,8 @@ struct Shared {
     /// read (or when it could not be read after a relist): then every
     /// block and endpoint change counts.
     fabric_view: Mutex<Option<FabricView>>,
+    /// When allocations no endpoint uses were last collected.
+    leaks_collected: Mutex<Option<Instant>>,
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -136,6 +139,7 @@ pub async fn run(
         fresh: Freshness::default(),
         resyncs: Default::default(),
         fabric_view: Mutex::new(None),
+        leaks_collected: Mutex::new(None),
     });
     let runner = tokio::spawn(runner::run(rx, CONCURRENCY, {
         let shared = shared.clone();
@@ -407,6 +411,7 @@ impl Shared {
         if !strays.is_empty() {
             tracing::info!(actions = %describe(&strays), "removed links and routes no endpoint accounts for");
         }
+        self.collect_leaks();
         self.index.replace_all(endpoints.iter().cloned());
         let total = endpoints.len();
         // Stale endpoints, and fresh ones whose node side the inventory
@@ -457,6 +462,22 @@ impl Shared {
             shared.record_pass(count);
         });
         Ok(())
+    }
+
+    /// Releases allocations no endpoint uses (the whole store's handles are
+    /// read): at most every quarter of `leak_grace`, so a leak is released
+    /// at most a quarter of the grace late, and most resyncs skip it.
+    fn collect_leaks(&self) {
+        let mut last = self.leaks_collected.lock().expect("leak collection lock");
+        if last.is_some_and(|at| at.elapsed() < self.ctx.leak_grace / 4) {
+            return;
+        }
+        match collect_leaked_addresses(&self.ctx, false) {
+            Ok(_) => *last = Some(Instant::now()),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot collect allocations no endpoint uses; will retry at the next resync")
+            }
+        }
     }
 
     /// (Re)reads the [`FabricView`] from the store; on failure it is

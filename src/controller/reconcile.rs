@@ -9,7 +9,7 @@
 use super::coalesce::Coalesced;
 use crate::config::{Config, PolicyMode};
 use crate::endpoint::{self, Endpoint, EndpointStatus, Phase};
-use crate::ipam;
+use crate::ipam::{self, InUse, Leak};
 use crate::policy::{self, profiles, PolicyInputs};
 use crate::store::cache::{Changed, Follower, PrefixCache};
 use crate::store::{keys, Store, Versioned};
@@ -39,6 +39,8 @@ pub struct NodeContext {
     pub node_addresses: Vec<IpAddr>,
     /// How long an orphaned endpoint is kept before it is collected.
     pub orphan_grace: Duration,
+    /// How long an allocation no endpoint uses is kept (ipam::leaks).
+    pub leak_grace: Duration,
     /// Runs of the node's policy, coalesced.
     policy_runs: Coalesced,
     /// The fabric reconciler (routes to other nodes' blocks); `None` when
@@ -87,6 +89,7 @@ impl NodeContext {
             policy,
             node_addresses,
             orphan_grace: config.orphan_grace,
+            leak_grace: config.leak_grace,
             policy_runs: Coalesced::default(),
             fabric: if config.fabric_routes {
                 Some(FabricDataplane::new()?)
@@ -521,6 +524,33 @@ fn addresses(ep: &Endpoint) -> Vec<IpAddr> {
         .collect()
 }
 
+/// Releases the allocations this node collects that no endpoint of the
+/// cluster uses, `leak_grace` after their last allocation (see
+/// `ipam::leaks`); with `dry_run` only finds them. An isolate that records
+/// its endpoint while this runs, that long after its allocate, can lose
+/// its addresses: the grace is there to make that moment never come.
+pub fn collect_leaked_addresses(ctx: &NodeContext, dry_run: bool) -> anyhow::Result<Vec<Leak>> {
+    let in_use = ctx.endpoints.with_current(ctx.store.as_ref(), |all| {
+        let mut in_use = InUse::default();
+        for ep in all.values() {
+            in_use.addresses.extend(addresses(ep));
+            in_use.uids.extend(ep.holders.values().cloned());
+        }
+        in_use
+    })?;
+    let leaks = ipam::collect_leaks(
+        ctx.store.as_ref(),
+        &ctx.node,
+        &in_use,
+        ctx.leak_grace,
+        dry_run,
+    )?;
+    for leak in leaks.iter().filter(|_| !dry_run) {
+        tracing::info!(uid = %leak.uid, addresses = ?leak.addresses, age_s = leak.age.as_secs(), "released an allocation no endpoint used");
+    }
+    Ok(leaks)
+}
+
 /// Lists the node's endpoints and removes (or, in a dry run, only lists)
 /// what of ours none of them accounts for: `cali*` veths with our alias
 /// whose name is no endpoint's, and routes of ours through one of our
@@ -600,6 +630,8 @@ pub struct Pass {
     pub policy: Result<Vec<PolicyAction>, String>,
     /// What the node's routes to other nodes needed (or the error).
     pub fabric: Result<Vec<FabricAction>, String>,
+    /// Allocations no endpoint uses, released (or to release), or the error.
+    pub leaks: Result<Vec<Leak>, String>,
 }
 
 impl Pass {
@@ -644,10 +676,12 @@ pub async fn full_pass(
     let fabric = super::fabric::reconcile_fabric(ctx, dry_run)
         .await
         .map_err(|e| format!("{e:#}"));
+    let leaks = collect_leaked_addresses(ctx, dry_run).map_err(|e| format!("{e:#}"));
     Ok(Pass {
         outcomes,
         strays,
         policy,
         fabric,
+        leaks,
     })
 }

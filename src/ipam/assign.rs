@@ -9,7 +9,7 @@
 use super::draft::Draft;
 use super::pools::{commit, default_pools, list_pools, DEFAULT_POOLS};
 use super::{family_name, with_retries, IpPool, IpamError};
-use crate::store::{keys, Store, Versioned};
+use crate::store::{keys, Revision, Store, Versioned};
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
@@ -157,9 +157,24 @@ pub fn release_held(
 
 /// Release every address held under `uid`. Returns those released.
 pub fn release_handle(store: &dyn Store, uid: &str) -> Result<Vec<IpAddr>, IpamError> {
+    Ok(release_handle_at(store, uid, None)?.unwrap_or_default())
+}
+
+/// Release every address held under `uid`, but only while its handle is
+/// still at `revision` (`None`: whatever it is); `None` when it was not.
+pub(super) fn release_handle_at(
+    store: &dyn Store,
+    uid: &str,
+    revision: Option<Revision>,
+) -> Result<Option<Vec<IpAddr>>, IpamError> {
     with_retries(|| {
         let pools = list_pools(store)?;
         let mut draft = Draft::new(store);
+        if let Some(expected) = revision {
+            if draft.handle_revision(uid)? != expected {
+                return Ok(None); // allocated again, or released, since
+            }
+        }
         let held: Vec<IpAddr> = draft.handle(uid)?.addresses.iter().copied().collect();
         let mut released = Vec::new();
         for addr in held {
@@ -176,7 +191,7 @@ pub fn release_handle(store: &dyn Store, uid: &str) -> Result<Vec<IpAddr>, IpamE
         }
         draft.handle(uid)?.addresses.clear();
         commit(store, &draft.into_txn())?;
-        Ok(released)
+        Ok(Some(released))
     })
 }
 

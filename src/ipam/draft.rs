@@ -123,8 +123,20 @@ impl<'a> Draft<'a> {
         key
     }
 
-    /// The handle of `uid` (created empty if absent).
+    /// The handle of `uid` (created empty if absent), marked changed.
     pub(super) fn handle(&mut self, uid: &str) -> Result<&mut Handle, IpamError> {
+        let entry = self.handle_entry(uid)?;
+        entry.dirty = true;
+        Ok(entry.value.as_mut().expect("handles are always present"))
+    }
+
+    /// The modification revision of `uid`'s handle as this draft read it
+    /// (0: absent); the commit is guarded on it.
+    pub(super) fn handle_revision(&mut self, uid: &str) -> Result<Revision, IpamError> {
+        Ok(self.handle_entry(uid)?.revision)
+    }
+
+    fn handle_entry(&mut self, uid: &str) -> Result<&mut Entry<Handle>, IpamError> {
         let key = keys::handle(uid);
         if !self.handles.contains_key(&key) {
             let read = store::get_json::<Handle>(self.store, &key)?;
@@ -140,9 +152,7 @@ impl<'a> Draft<'a> {
                 },
             );
         }
-        let entry = self.handles.get_mut(&key).expect("just inserted");
-        entry.dirty = true;
-        Ok(entry.value.as_mut().expect("handles are always present"))
+        Ok(self.handles.get_mut(&key).expect("just inserted"))
     }
 
     /// Record `addr` as allocated to `uid` in the block at `block_key`.
@@ -156,7 +166,9 @@ impl<'a> Draft<'a> {
             block.assign(addr, uid);
         }
         self.touch_block(block_key);
-        self.handle(uid)?.addresses.insert(addr);
+        let handle = self.handle(uid)?;
+        handle.addresses.insert(addr);
+        handle.allocated_ms = Some(crate::endpoint::now_ms());
         Ok(())
     }
 

@@ -11,6 +11,7 @@
 mod assign;
 mod block;
 mod draft;
+mod leaks;
 mod pool;
 mod pools;
 mod report;
@@ -20,6 +21,7 @@ pub use assign::{
     allocate, holders, release_addresses, release_handle, release_held, reserve, Assigned, Request,
 };
 pub use block::Block;
+pub use leaks::{collect_leaks, find_leaks, InUse, Leak};
 pub use pool::{IpPool, DEFAULT_V4_BLOCK_SIZE, DEFAULT_V6_BLOCK_SIZE};
 pub use pools::{add_pool, list_pools, remove_pool, DEFAULT_POOLS};
 pub use report::{usage, BlockUsage, PoolUsage, Usage};
@@ -37,6 +39,11 @@ pub struct Handle {
     pub uid: String,
     /// Every address held under it.
     pub addresses: BTreeSet<IpAddr>,
+    /// When an address was last added to it (ms since the Unix epoch);
+    /// `None` in handles written before this was recorded. A handle that
+    /// no endpoint uses long after this is a leak ([`collect_leaks`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_ms: Option<u64>,
 }
 
 impl Handle {
@@ -45,6 +52,7 @@ impl Handle {
         Handle {
             uid: uid.to_string(),
             addresses: BTreeSet::new(),
+            allocated_ms: None,
         }
     }
 }

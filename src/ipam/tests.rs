@@ -339,3 +339,55 @@ fn a_block_claimed_by_a_reservation_is_filled_first() {
     assert_eq!(got.ipv4, vec![ip("198.18.0.64"), ip("198.18.0.70")]);
     assert_eq!(blocks_of(&s, "n1"), vec!["198.18.0.64/26"]);
 }
+
+#[test]
+fn leaked_handles_are_released_unless_used_or_allocated_again() {
+    use std::time::Duration;
+    let (_d, s) = store();
+    with_pool(&s, "198.18.0.0/24", 26);
+    let used = alloc(&s, "n1", "used", 1, 0).unwrap().ipv4[0];
+    let leaked = alloc(&s, "n1", "leaked", 2, 0).unwrap();
+    alloc(&s, "n1", "again", 1, 0).unwrap();
+    alloc(&s, "n2", "elsewhere", 1, 0).unwrap();
+    let in_use = InUse {
+        addresses: [used].into(),
+        uids: Default::default(),
+    };
+    let found = |node: &str, grace: Duration| {
+        let leaks = collect_leaks(&s, node, &in_use, grace, true).unwrap();
+        let mut uids: Vec<String> = leaks.iter().map(|l| l.uid.clone()).collect();
+        uids.sort();
+        (leaks, uids)
+    };
+    assert!(
+        found("n1", Duration::from_secs(600)).1.is_empty(),
+        "all too young"
+    );
+    let (leaks, uids) = found("n1", Duration::ZERO);
+    assert_eq!(uids, ["again", "leaked"]);
+    assert_eq!(found("n2", Duration::ZERO).1, ["elsewhere"]);
+    // "again" is allocated more between finding and releasing: kept.
+    alloc(&s, "n1", "again", 1, 0).unwrap();
+    for leak in &leaks {
+        let released = assign::release_handle_at(&s, &leak.uid, Some(leak.revision)).unwrap();
+        match leak.uid.as_str() {
+            "leaked" => {
+                assert_eq!(released, Some(leaked.ipv4.clone()));
+            }
+            _ => assert_eq!(released, None, "{} changed since found", leak.uid),
+        }
+    }
+    assert_eq!(
+        usage(&s).unwrap().pools[0].used,
+        4,
+        "used, again ×2, elsewhere"
+    );
+    // The next collection takes "again" (still unused), and only that.
+    let taken = collect_leaks(&s, "n1", &in_use, Duration::ZERO, false).unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        (taken[0].uid.as_str(), taken[0].addresses.len()),
+        ("again", 2)
+    );
+    assert_eq!(holders(&s, &[used]).unwrap()[&used], "used");
+}

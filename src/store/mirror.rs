@@ -113,7 +113,9 @@ impl MirroredStore {
         if let Some(replica) = self.lock().as_mut() {
             match self.inner.changes_since(replica.revision) {
                 Ok(changes) => replica.apply_changes(&changes),
-                Err(e) => tracing::debug!(error = %e, "the replica did not see its own lease write yet"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the replica did not see its own lease write yet")
+                }
             }
         }
     }
@@ -274,10 +276,8 @@ impl Replica {
         for op in last.into_values() {
             match op {
                 Op::Put { key, value } => {
-                    let create_revision = self
-                        .keys
-                        .get(key)
-                        .map_or(revision, |kv| kv.create_revision);
+                    let create_revision =
+                        self.keys.get(key).map_or(revision, |kv| kv.create_revision);
                     self.put(KeyValue {
                         key: key.clone(),
                         value: value.clone(),
@@ -340,7 +340,10 @@ mod tests {
         txn.delete("gone");
         r.apply_txn(&txn, 12);
         assert_eq!(value(&r, "a").as_deref(), Some("mine"));
-        assert_eq!(r.keys["a"].create_revision, 5, "an update keeps its creation");
+        assert_eq!(
+            r.keys["a"].create_revision, 5,
+            "an update keeps its creation"
+        );
         assert_eq!(r.keys["b"].create_revision, 12);
         // The feed then delivers an older change of `a` and our own write.
         r.apply_changes(&changes(
@@ -379,7 +382,13 @@ mod tests {
         assert_eq!(value(&r, "k"), None);
         // Once the replica is complete past the delete, the tombstone goes,
         // and a newer put brings the key back.
-        r.apply_changes(&changes(9, vec![Change::Delete { key: "k".into(), revision: 9 }]));
+        r.apply_changes(&changes(
+            9,
+            vec![Change::Delete {
+                key: "k".into(),
+                revision: 9,
+            }],
+        ));
         assert!(r.deleted.is_empty());
         r.apply_changes(&changes(10, vec![Change::Put(kv("k", "v3", 10, 10))]));
         assert_eq!(value(&r, "k").as_deref(), Some("v3"));

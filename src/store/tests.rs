@@ -503,7 +503,10 @@ fn mirror_conflict_rereads_the_guarded_keys() {
         let mut retry = Txn::default();
         retry.compare("k", now.mod_revision);
         retry.put("k", b"mine again".to_vec());
-        assert!(matches!(s.commit(&retry).unwrap(), Commit::Done(_)), "round {round}");
+        assert!(
+            matches!(s.commit(&retry).unwrap(), Commit::Done(_)),
+            "round {round}"
+        );
         assert_eq!(value(s.as_ref(), "k").as_deref(), Some("mine again"));
     }
 }
