@@ -114,6 +114,11 @@ impl Daemon {
         unsafe { libc::kill(self.0.id() as i32, signal) };
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// User + system CPU time of the daemon so far.
     pub fn cpu(&self) -> Duration {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap();
