@@ -26,8 +26,14 @@ fn reaches(from: &common::agent::Launched, to: &common::agent::Launched) -> bool
 }
 
 /// `count` nodes and an etcd in the switch namespace, reachable from every
-/// node at the switch's fabric address; the test pools added.
+/// node at the switch's fabric address; the test pools added. Store calls
+/// time out after 2 s (the outage test counts on a short timeout).
 fn cluster_on_etcd(tag: &str, count: u8) -> (Cluster, Etcd) {
+    cluster_on_etcd_with_timeout(tag, count, "2s")
+}
+
+/// As [`cluster_on_etcd`], with store calls timing out after `timeout`.
+fn cluster_on_etcd_with_timeout(tag: &str, count: u8, timeout: &str) -> (Cluster, Etcd) {
     let fabric_probe = Cluster::new(tag, count, &[]);
     let etcd = fabric_probe.fabric.start_etcd();
     let cluster = fabric_probe.with_env(&[
@@ -35,7 +41,7 @@ fn cluster_on_etcd(tag: &str, count: u8) -> (Cluster, Etcd) {
             "CALICO_MESOS_DATASTORE",
             &format!("etcd://{}", etcd.host_port()),
         ),
-        ("CALICO_MESOS_STORE_TIMEOUT", "2s"),
+        ("CALICO_MESOS_STORE_TIMEOUT", timeout),
     ]);
     (cluster.with_pools(), etcd)
 }
@@ -125,7 +131,10 @@ fn allocations_from_every_node_in_parallel_are_all_distinct() {
     if !testsupport::require_root() {
         return;
     }
-    let (cluster, _etcd) = cluster_on_etcd("cont", 3);
+    // Twelve plugin processes at a time, each with its own etcd client, on
+    // a machine that may run the other tests too: a generous timeout, so
+    // that only a real failure fails (contention itself is retried).
+    let (cluster, _etcd) = cluster_on_etcd_with_timeout("cont", 3, "15s");
     const WORKERS: usize = 4;
     const PER_WORKER: usize = 63;
     let all: Vec<std::net::IpAddr> = std::thread::scope(|s| {

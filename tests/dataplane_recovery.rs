@@ -220,6 +220,9 @@ fn reboot_rebuilds_live_containers_and_collects_dead_ones() {
     // "Reboot": the node namespace and everything in it go; the
     // containers live on (with only lo left).
     agent.node = Node::new("reboot", 1);
+    // The kernel tears the old namespace's veths down in the background.
+    let pids: Vec<u32> = launched.iter().map(|c| c.container.pid()).collect();
+    testsupport::wait_no_eth0(&pids, Duration::from_secs(30));
     for c in &launched {
         assert_eq!(
             c.container
