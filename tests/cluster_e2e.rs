@@ -135,37 +135,22 @@ fn allocations_from_every_node_in_parallel_are_all_distinct() {
     // a machine that may run the other tests too: a generous timeout, so
     // that only a real failure fails (contention itself is retried).
     let (cluster, _etcd) = cluster_on_etcd_with_timeout("cont", 3, "15s");
-    const WORKERS: usize = 4;
-    const PER_WORKER: usize = 63;
-    let all: Vec<std::net::IpAddr> = std::thread::scope(|s| {
-        let cluster = &cluster;
-        let workers: Vec<_> = (1..=3u8)
-            .flat_map(|x| (0..WORKERS).map(move |w| (x, w)))
-            .map(|(x, w)| {
-                s.spawn(move || {
-                    let mut got = Vec::new();
-                    for i in 0..PER_WORKER {
-                        let reply = cluster.plugin_ok(
-                            x,
-                            &json!({"command": "allocate", "args": {"hostname": "agent",
-                                "uid": format!("n{x}-w{w}-{i}"), "num_ipv4": 1, "num_ipv6": 1}}),
-                        );
-                        got.extend(reply.addrs("ipv4"));
-                        got.extend(reply.addrs("ipv6"));
-                    }
-                    got
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("worker"))
-            .collect()
-    });
-    let expected = 3 * WORKERS * PER_WORKER * 2;
+    // First every plugin on etcd itself (compare-and-swap between
+    // processes and nodes), then served by the nodes' daemons (each
+    // commits its node's waiting allocations together).
+    let mut all = allocate_in_parallel(&cluster, "plugin");
+    let daemons: Vec<_> = (1..=3).map(|x| cluster.start_daemon(x)).collect();
+    all.extend(allocate_in_parallel(&cluster, "served"));
+    let expected = 2 * 3 * WORKERS * PER_WORKER * 2;
     assert_eq!(all.len(), expected);
     let distinct: BTreeSet<_> = all.iter().collect();
     assert_eq!(distinct.len(), expected, "an address was handed out twice");
+    assert!(
+        daemons
+            .iter()
+            .any(|d| d.log_text().contains("allocations committed together")),
+        "no daemon committed two waiting allocations together"
+    );
     // The store agrees: exactly these are in use, each node has blocks.
     let (ok, out, err) = cluster.cli(1, &["ipam", "show", "-o", "json"]);
     assert!(ok, "{err}");
@@ -183,6 +168,40 @@ fn allocations_from_every_node_in_parallel_are_all_distinct() {
             "node {x} claimed no block: {out}"
         );
     }
+}
+
+/// Plugin processes at a time on each node.
+const WORKERS: usize = 4;
+/// Allocations (one IPv4 and one IPv6 each) per worker.
+const PER_WORKER: usize = 63;
+
+/// [`WORKERS`] plugin processes at a time on every node, each allocating
+/// [`PER_WORKER`] times; every address handed out.
+fn allocate_in_parallel(cluster: &Cluster, tag: &str) -> Vec<std::net::IpAddr> {
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (1..=3u8)
+            .flat_map(|x| (0..WORKERS).map(move |w| (x, w)))
+            .map(|(x, w)| {
+                s.spawn(move || {
+                    let mut got = Vec::new();
+                    for i in 0..PER_WORKER {
+                        let reply = cluster.plugin_ok(
+                            x,
+                            &json!({"command": "allocate", "args": {"hostname": "agent",
+                                "uid": format!("{tag}-n{x}-w{w}-{i}"), "num_ipv4": 1, "num_ipv6": 1}}),
+                        );
+                        got.extend(reply.addrs("ipv4"));
+                        got.extend(reply.addrs("ipv6"));
+                    }
+                    got
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .collect()
+    })
 }
 
 /// One plugin call's answer and how long it took.

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::endpoint::{self, Endpoint, NetnsId};
 use crate::ipam::Block;
 use crate::node;
-use crate::plugin;
+use crate::plugin::{self, request};
 use crate::store::mirror::MirroredStore;
 use crate::store::{self, keys, Change, Store, StoreError};
 use anyhow::Context as _;
@@ -77,6 +77,14 @@ struct Shared {
     config: Config,
     /// Held while a served IPAM request runs (one at a time per node).
     ipam_writer: Mutex<()>,
+    /// Served allocations waiting for the IPAM writer (see
+    /// [`allocate_grouped`]).
+    allocations: Mutex<
+        Vec<(
+            request::Allocate,
+            std::sync::mpsc::SyncSender<plugin::Answer>,
+        )>,
+    >,
     index: OwnerIndex,
     /// Container ids with a live watcher, and the namespace it watches.
     watchers: Mutex<HashMap<String, (NetnsId, AbortHandle)>>,
@@ -132,6 +140,7 @@ pub async fn run(
         ctx,
         config: config.clone(),
         ipam_writer: Mutex::new(()),
+        allocations: Mutex::new(Vec::new()),
         index: OwnerIndex::default(),
         watchers: Mutex::new(HashMap::new()),
         triggers: tx.downgrade(),
@@ -627,6 +636,7 @@ async fn serve(shared: Arc<Shared>, tx: Triggers, request: ServeRequest) -> serd
             runtime,
         };
         let answer = match plugin::parse(request.request.as_bytes()) {
+            Ok(plugin::Request::Allocate(args)) => allocate_grouped(&shared, args),
             Ok(request) => {
                 // One IPAM writer per node: concurrent allocations of one
                 // node would all take the next address of the same block
@@ -644,6 +654,37 @@ async fn serve(shared: Arc<Shared>, tx: Triggers, request: ServeRequest) -> serd
     .await;
     answered
         .unwrap_or_else(|e| plugin::Answer::error(format!("the daemon failed to answer: {e}")).body)
+}
+
+/// Answers a served allocate together with the node's other allocations
+/// waiting by then, in one store transaction (a group commit): each
+/// request queues itself, then takes the IPAM writer; whoever holds it
+/// runs everything queued, so a request finds its answer there or made by
+/// an earlier holder. With several agents' tasks starting at once, one
+/// etcd round trip (and one WAL sync) serves them all.
+fn allocate_grouped(shared: &Shared, args: request::Allocate) -> plugin::Answer {
+    let (answer, answered) = std::sync::mpsc::sync_channel(1);
+    shared
+        .allocations
+        .lock()
+        .expect("allocation queue lock")
+        .push((args, answer));
+    let _writer = shared.ipam_writer.lock().expect("IPAM writer lock");
+    if let Ok(done) = answered.try_recv() {
+        return done; // in an earlier holder's group
+    }
+    let group = std::mem::take(&mut *shared.allocations.lock().expect("allocation queue lock"));
+    let requests: Vec<&request::Allocate> = group.iter().map(|(args, _)| args).collect();
+    let answers = plugin::allocate_all(shared.ctx.store.as_ref(), &shared.ctx.node, &requests);
+    if group.len() > 1 {
+        tracing::debug!(requests = group.len(), "allocations committed together");
+    }
+    for ((_, waiting), answer) in group.iter().zip(answers) {
+        let _ = waiting.send(answer);
+    }
+    answered
+        .try_recv()
+        .expect("a request queued before its holder took the writer is in its group")
 }
 
 /// The daemon's way to converge an endpoint for a request it serves: a

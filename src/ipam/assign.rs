@@ -42,37 +42,78 @@ pub struct Assigned {
 
 /// Allocate (and reserve) addresses under `request.uid`, all or nothing.
 pub fn allocate(store: &dyn Store, request: &Request<'_>) -> Result<Assigned, IpamError> {
+    allocate_many(store, std::slice::from_ref(request))?
+        .pop()
+        .expect("one answer per request")
+}
+
+/// Allocate for several requests in one transaction (a group commit: one
+/// store round trip for all), each all or nothing: a request that cannot
+/// be met answers its error and changes nothing, the others go on. One
+/// answer per request, in order; the outer error (the store failed, or
+/// contention did not clear) is every request's.
+pub fn allocate_many(
+    store: &dyn Store,
+    requests: &[Request<'_>],
+) -> Result<Vec<Result<Assigned, IpamError>>, IpamError> {
     with_retries(|| {
         let mut pools = list_pools(store)?;
         let mut draft = Draft::new(store);
-        let wants_any = request.num_ipv4 + request.num_ipv6 > 0 || !request.reserve.is_empty();
-        let creates_defaults = pools.is_empty() && request.default_pools && wants_any;
-        if creates_defaults {
-            pools = default_pools();
-            for pool in &pools {
-                draft.create_pool(&pool.value);
-            }
-        }
-        let reserved = reserve_in(&mut draft, &pools, request)?;
-        let mut assigned = Assigned {
-            ipv4: pick(&mut draft, store, &pools, request, true, request.num_ipv4)?,
-            ipv6: pick(&mut draft, store, &pools, request, false, request.num_ipv6)?,
-        };
-        for addr in reserved {
-            match addr {
-                IpAddr::V4(_) => assigned.ipv4.push(addr),
-                IpAddr::V6(_) => assigned.ipv6.push(addr),
+        let mut created_defaults = false;
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in requests {
+            let before = (draft.clone(), pools.clone());
+            match allocate_in(&mut draft, &mut pools, store, request) {
+                Ok((assigned, created)) => {
+                    created_defaults |= created;
+                    answers.push(Ok(assigned));
+                }
+                Err(e) if e.is_about_the_request() => {
+                    (draft, pools) = before;
+                    answers.push(Err(e));
+                }
+                Err(e) => return Err(e),
             }
         }
         commit(store, &draft.into_txn())?;
-        if creates_defaults {
+        if created_defaults {
             tracing::info!(
                 pools = ?DEFAULT_POOLS,
                 "no IP pool was configured: created the default pools"
             );
         }
-        Ok(assigned)
+        Ok(answers)
     })
+}
+
+/// One request's allocation into `draft`; also whether it created the
+/// default pools (then in `pools`, not stored yet).
+fn allocate_in(
+    draft: &mut Draft<'_>,
+    pools: &mut Vec<Versioned<IpPool>>,
+    store: &dyn Store,
+    request: &Request<'_>,
+) -> Result<(Assigned, bool), IpamError> {
+    let wants_any = request.num_ipv4 + request.num_ipv6 > 0 || !request.reserve.is_empty();
+    let creates_defaults = pools.is_empty() && request.default_pools && wants_any;
+    if creates_defaults {
+        *pools = default_pools();
+        for pool in pools.iter() {
+            draft.create_pool(&pool.value);
+        }
+    }
+    let reserved = reserve_in(draft, pools, request)?;
+    let mut assigned = Assigned {
+        ipv4: pick(draft, store, pools, request, true, request.num_ipv4)?,
+        ipv6: pick(draft, store, pools, request, false, request.num_ipv6)?,
+    };
+    for addr in reserved {
+        match addr {
+            IpAddr::V4(_) => assigned.ipv4.push(addr),
+            IpAddr::V6(_) => assigned.ipv6.push(addr),
+        }
+    }
+    Ok((assigned, creates_defaults))
 }
 
 /// Reserve exactly `request.reserve` under `request.uid`, all or nothing.

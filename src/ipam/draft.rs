@@ -8,6 +8,7 @@ use crate::store::{self, keys, Revision, Store, Txn};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+#[derive(Clone)]
 struct Entry<T> {
     value: Option<T>,
     revision: Revision,
@@ -17,6 +18,7 @@ struct Entry<T> {
 }
 
 /// Blocks and handles read for one change, and their edits.
+#[derive(Clone)]
 pub(super) struct Draft<'a> {
     store: &'a dyn Store,
     blocks: BTreeMap<String, Entry<Block>>,

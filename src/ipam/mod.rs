@@ -18,7 +18,8 @@ mod report;
 mod retire;
 
 pub use assign::{
-    allocate, holders, release_addresses, release_handle, release_held, reserve, Assigned, Request,
+    allocate, allocate_many, holders, release_addresses, release_handle, release_held, reserve,
+    Assigned, Request,
 };
 pub use block::Block;
 pub use leaks::{collect_leaks, find_leaks, InUse, Leak};
@@ -116,6 +117,17 @@ pub enum IpamError {
         /// How many of its addresses are held.
         in_use: usize,
     },
+}
+
+impl IpamError {
+    /// Whether the error is about what the request asked (it fails that
+    /// request alone), not about the store or contention.
+    pub fn is_about_the_request(&self) -> bool {
+        matches!(
+            self,
+            IpamError::InUse(_) | IpamError::NoPool(_) | IpamError::Exhausted { .. }
+        )
+    }
 }
 
 /// Run a draft-and-commit attempt until it does not conflict, with jittered

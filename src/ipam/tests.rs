@@ -391,3 +391,63 @@ fn leaked_handles_are_released_unless_used_or_allocated_again() {
     );
     assert_eq!(holders(&s, &[used]).unwrap()[&used], "used");
 }
+
+#[test]
+fn a_batch_commits_once_and_a_failing_request_changes_nothing() {
+    let (_d, s) = store();
+    with_pool(&s, "198.18.0.0/29", 29); // eight addresses
+    let req = |uid: &'static str, v4: u32, reserve: &'static [IpAddr]| Request {
+        node: "n1",
+        uid,
+        num_ipv4: v4,
+        num_ipv6: 0,
+        reserve,
+        default_pools: false,
+    };
+    let first: &'static [IpAddr] = Box::leak(Box::new([ip("198.18.0.0")]));
+    let before = s.revision().unwrap();
+    let answers = allocate_many(
+        &s,
+        &[
+            req("a", 3, &[]),
+            req("too-many", 6, &[]), // only five left: refused whole
+            req("taken", 0, first),  // "a" got it just before, in this batch
+            req("b", 2, &[]),
+            req("ipv6", 0, &[]),
+        ],
+    )
+    .unwrap();
+    let ok: Vec<Vec<IpAddr>> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().ok().map(|a| a.ipv4.clone()))
+        .collect();
+    assert_eq!(
+        ok,
+        vec![
+            vec![ip("198.18.0.0"), ip("198.18.0.1"), ip("198.18.0.2")],
+            vec![ip("198.18.0.3"), ip("198.18.0.4")],
+            vec![],
+        ]
+    );
+    assert!(matches!(
+        answers[1],
+        Err(IpamError::Exhausted {
+            asked: 6,
+            available: 5,
+            ..
+        })
+    ));
+    assert!(matches!(answers[2], Err(IpamError::InUse(a)) if a == ip("198.18.0.0")));
+    // One transaction for the batch (etcd's revision also counts other
+    // tests' writes, so only "at least one" holds there).
+    let after = s.revision().unwrap();
+    assert!(after > before);
+    if testing::kind_of_module(module_path!()) == testing::Kind::Sqlite {
+        assert_eq!(after, before + 1, "one commit for the whole batch");
+    }
+    let held = |uid: &str| release_handle(&s, uid).unwrap().len();
+    assert_eq!(
+        (held("a"), held("b"), held("too-many"), held("taken")),
+        (3, 2, 0, 0)
+    );
+}

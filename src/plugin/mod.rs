@@ -130,7 +130,7 @@ pub fn execute(
     let node = config.nodename.as_str();
     let store = shared.as_ref();
     let result = match request {
-        Request::Allocate(args) => allocate(store, node, &args),
+        Request::Allocate(args) => return allocate_all(store, node, &[&args]).remove(0),
         Request::Reserve(args) => ipam::reserve(
             store,
             &ipam::Request {
@@ -154,18 +154,31 @@ pub fn execute(
     result.unwrap_or_else(Answer::error)
 }
 
-fn allocate(store: &dyn Store, node: &str, args: &request::Allocate) -> Result<Answer, String> {
-    let Assigned { ipv4, ipv6 } = ipam::allocate(
-        store,
-        &ipam::Request {
+/// Answers several `allocate` requests of `node` with one store
+/// transaction (each still all or nothing); one answer per request.
+pub fn allocate_all(store: &dyn Store, node: &str, requests: &[&request::Allocate]) -> Vec<Answer> {
+    let asked: Vec<ipam::Request<'_>> = requests
+        .iter()
+        .map(|args| ipam::Request {
             node,
             uid: &args.uid,
             num_ipv4: args.num_ipv4,
             num_ipv6: args.num_ipv6,
             reserve: &args.label_ipv4,
             default_pools: true,
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(Answer::ok(json!({ "ipv4": ipv4, "ipv6": ipv6 })))
+        })
+        .collect();
+    match ipam::allocate_many(store, &asked) {
+        Ok(answers) => answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(Assigned { ipv4, ipv6 }) => Answer::ok(json!({ "ipv4": ipv4, "ipv6": ipv6 })),
+                Err(e) => Answer::error(e.to_string()),
+            })
+            .collect(),
+        Err(e) => requests
+            .iter()
+            .map(|_| Answer::error(e.to_string()))
+            .collect(),
+    }
 }
