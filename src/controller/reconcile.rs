@@ -261,11 +261,13 @@ pub async fn reconcile_endpoint(
     container_id: &str,
     dry_run: bool,
 ) -> anyhow::Result<Outcome> {
+    let started = std::time::Instant::now();
     let store = ctx.store.as_ref();
     let Some(ep) = endpoint::get(store, &ctx.node, container_id)? else {
         return Ok(Outcome::Unknown);
     };
     let status = endpoint::get_status(store, &ctx.node, container_id)?;
+    let read_us = started.elapsed().as_micros() as u64;
     if ep.value.deletion_requested {
         return remove(ctx, &ep, dry_run, false).await;
     }
@@ -285,6 +287,7 @@ pub async fn reconcile_endpoint(
         tokio::spawn(async move { admit_to_policy(&ctx, &ep, dry_run).await })
     });
     let dataplane = ctx.dataplane.ensure(&spec_of(&ep.value), dry_run).await;
+    let ensured_us = started.elapsed().as_micros() as u64;
     let admitted = match admitting {
         Some(task) => match task.await {
             Ok(result) => result,
@@ -292,6 +295,7 @@ pub async fn reconcile_endpoint(
         },
         None => Ok(()),
     };
+    let admitted_us = started.elapsed().as_micros() as u64;
     let ensured = match dataplane {
         Ok(done) => match admitted {
             Ok(()) => Ok(done),
@@ -320,6 +324,14 @@ pub async fn reconcile_endpoint(
                     !done.actions.is_empty(),
                 )?;
             }
+            tracing::debug!(
+                container = %container_id,
+                read_us,
+                ensured_us,
+                admitted_us,
+                took_us = started.elapsed().as_micros() as u64,
+                "endpoint ready"
+            );
             Ok(Outcome::Ready {
                 actions: done.actions,
                 generation: ep.value.generation,
@@ -350,6 +362,7 @@ async fn admit_to_policy(
     ep: &Versioned<Endpoint>,
     dry_run: bool,
 ) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     if !dry_run {
         profiles::ensure_profiles(
             ctx.store.as_ref(),
@@ -358,8 +371,15 @@ async fn admit_to_policy(
             &ep.value,
         )?;
     }
+    let profiled_us = started.elapsed().as_micros() as u64;
     note_endpoint(ctx, ep);
     reconcile_policy(ctx, dry_run).await?;
+    tracing::debug!(
+        container = %ep.value.container_id,
+        profiled_us,
+        took_us = started.elapsed().as_micros() as u64,
+        "admitted to policy"
+    );
     Ok(())
 }
 
