@@ -477,10 +477,13 @@ async fn remove(
             }
         })
     });
+    let started = std::time::Instant::now();
     let removed = ctx.dataplane.remove(&ep.value.container_id, dry_run).await;
+    let unlinked_us = started.elapsed().as_micros() as u64;
     if let Some(task) = policy {
         let _ = task.await; // its failure was logged; the policy's own runs repair it
     }
+    let policy_us = started.elapsed().as_micros() as u64;
     let actions = match removed {
         Ok(actions) => actions,
         Err(e) => {
@@ -519,6 +522,13 @@ async fn remove(
                 ep.value.container_id
             );
         }
+        tracing::debug!(
+            container = %ep.value.container_id,
+            unlinked_us,
+            policy_us,
+            took_us = started.elapsed().as_micros() as u64,
+            "endpoint removed"
+        );
         if collected {
             if let Err(e) = reconcile_policy(ctx, dry_run).await {
                 tracing::warn!(container = %ep.value.container_id, error = %format!("{e:#}"), "policy not updated after collection");

@@ -104,6 +104,7 @@ pub fn cleanup(
     converger: &dyn Converge,
     args: &Cleanup,
 ) -> Result<Answer, String> {
+    let started = std::time::Instant::now();
     let id = request::echo(&args.container_id);
     let fail = |why: String| format!("Cannot clean up container '{id}': {why}");
     let requested =
@@ -113,6 +114,7 @@ pub fn cleanup(
         // Nothing was ever configured for it: cleanups are idempotent.
         return Ok(Answer::ok(json!({})));
     }
+    let requested_us = started.elapsed().as_micros() as u64;
     match converger.converge(&args.container_id, config.isolate_timeout) {
         Ok(_) => {}
         Err(ConvergeError::Timeout(t)) => {
@@ -122,9 +124,17 @@ pub fn cleanup(
         }
         Err(ConvergeError::Other(e)) => return Err(fail(format!("{e:#}"))),
     }
+    let converged_us = started.elapsed().as_micros() as u64;
     let left = endpoint::get(store.as_ref(), &config.nodename, &args.container_id)
         .map_err(|e| e.to_string())?;
     if left.is_none() {
+        tracing::debug!(
+            container = %args.container_id,
+            converged_us,
+            took_us = started.elapsed().as_micros() as u64,
+            requested_us,
+            "cleaned up"
+        );
         return Ok(Answer::ok(json!({})));
     }
     let message = endpoint::get_status(store.as_ref(), &config.nodename, &args.container_id)
