@@ -16,6 +16,18 @@
 //! Runs as root, in test namespaces only (TESTING.md). `cargo bench --bench
 //! dataplane`; `cargo test --benches` runs a quick version. Numbers are
 //! reported, never asserted.
+//!
+//! `DATAPLANE_PHASES` runs only some phases (comma-separated; default all):
+//! `peer` (CNI ADD and DEL), `inline` (isolate with no daemon), `floor`,
+//! `open` (isolate with the daemon, policy disabled), `daemon` (isolate
+//! with the daemon, policy enforced), and on that node afterwards
+//! `cleanup`, `repair`, `resync`, `rebuild` (each implies `daemon`). The
+//! rows of phases not run show "—". `DATAPLANE_DAEMON_LOG=PATH` appends
+//! the daemons' logs, at debug level (the stages of each isolate, with
+//! their times) or `DATAPLANE_DAEMON_LOG_LEVEL`, to PATH. For the isolate
+//! target alone:
+//!
+//!     DATAPLANE_PHASES=floor,daemon,cleanup cargo bench --bench dataplane
 
 mod common;
 
@@ -77,12 +89,20 @@ impl Env {
         cmd
     }
 
-    /// Starts this agent's daemon in `node` with `extra` environment.
+    /// Starts this agent's daemon in `node` with `extra` environment (and
+    /// its log at debug level in `DATAPLANE_DAEMON_LOG`, when set).
     fn daemon(&self, node: &Netns, extra: &[(&str, &str)]) -> Daemon {
         let mut cmd = self.command(node);
         cmd.arg("daemon")
             .envs(extra.iter().copied())
             .stderr(Stdio::null());
+        if let Ok(log) = std::env::var("DATAPLANE_DAEMON_LOG") {
+            let level = std::env::var("DATAPLANE_DAEMON_LOG_LEVEL");
+            cmd.env("CALICO_MESOS_LOG_FILE", log).env(
+                "CALICO_MESOS_LOG_LEVEL",
+                level.as_deref().unwrap_or("debug"),
+            );
+        }
         Daemon::start(cmd, &self.dir.path().join("run/daemon.sock"))
     }
 }
@@ -325,12 +345,55 @@ fn fill_floor(
     (node, containers, times, removals)
 }
 
+/// The phases a run measures (`DATAPLANE_PHASES`, see the module doc).
+struct Phases(Vec<String>);
+
+impl Phases {
+    const ALL: [&'static str; 9] = [
+        "peer", "inline", "floor", "open", "daemon", "cleanup", "repair", "resync", "rebuild",
+    ];
+
+    fn from_env() -> Phases {
+        let Ok(list) = std::env::var("DATAPLANE_PHASES") else {
+            return Phases(Self::ALL.iter().map(|p| p.to_string()).collect());
+        };
+        let mut phases: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                assert!(
+                    Self::ALL.contains(&p),
+                    "unknown phase {p:?} in DATAPLANE_PHASES (known: {})",
+                    Self::ALL.join(", ")
+                );
+                p.to_string()
+            })
+            .collect();
+        // The phases after the fill run on the daemon's node.
+        if phases.iter().any(|p| Self::ALL[5..].contains(&p.as_str())) {
+            phases.push("daemon".into());
+        }
+        Phases(phases)
+    }
+
+    fn has(&self, phase: &str) -> bool {
+        self.0.iter().any(|p| p == phase)
+    }
+}
+
+/// `f` of a phase's samples, or "—" when the phase did not run.
+fn or_dash(t: &Option<Vec<Duration>>, f: impl Fn(&[Duration]) -> String) -> String {
+    t.as_deref().map_or_else(|| "—".to_string(), f)
+}
+
 fn main() {
     if !testsupport::require_root() {
         return;
     }
     // `cargo test --benches` runs benches without --bench: keep it quick.
     let quick = !std::env::args().any(|a| a == "--bench");
+    let phases = Phases::from_env();
     let n = if quick { 12 } else { 1_050 };
     let w = if quick { 4 } else { 50 };
     let at = |i: usize| if quick { i / 100 } else { i };
@@ -338,73 +401,101 @@ fn main() {
     println!("|---|---|---|---|");
 
     // The peer first: isolate (ADD) and cleanup (DEL) at 1,000.
-    let (cni_node, cni_dir, cni_containers, cni_times) = fill_cni("bcni", n, false);
-    let mut cni_del = Vec::new();
-    for (c, id) in cni_containers.iter().rev().take(w) {
-        let (took, _) = timed(
-            cni(&cni_node.ns, "DEL", id, c),
-            &cni_config(cni_dir.path(), false),
-        );
-        cni_del.push(took);
-    }
-    teardown(cni_node, cni_containers, |(c, _)| c.pid());
-    let (dual_node, _dual_dir, dual_containers, cni_dual) = fill_cni("bcnidual", 3, true);
-    teardown(dual_node, dual_containers, |(c, _)| c.pid());
+    let (cni_times, cni_del, cni_dual) = if phases.has("peer") {
+        let (cni_node, cni_dir, cni_containers, cni_times) = fill_cni("bcni", n, false);
+        let mut cni_del = Vec::new();
+        for (c, id) in cni_containers.iter().rev().take(w) {
+            let (took, _) = timed(
+                cni(&cni_node.ns, "DEL", id, c),
+                &cni_config(cni_dir.path(), false),
+            );
+            cni_del.push(took);
+        }
+        teardown(cni_node, cni_containers, |(c, _)| c.pid());
+        let (dual_node, _dual_dir, dual_containers, cni_dual) = fill_cni("bcnidual", 3, true);
+        teardown(dual_node, dual_containers, |(c, _)| c.pid());
+        (Some(cni_times), Some(cni_del), Some(cni_dual))
+    } else {
+        (None, None, None)
+    };
 
     // Isolate with no daemon (inline).
-    let (inline, inline_times, _) = fill("bnoinl", n, false, "enforce");
-    teardown(inline.node, inline.containers, |(c, _, _)| c.pid());
+    let inline_times = phases.has("inline").then(|| {
+        let (inline, inline_times, _) = fill("bnoinl", n, false, "enforce");
+        teardown(inline.node, inline.containers, |(c, _, _)| c.pid());
+        inline_times
+    });
 
     // The floor: the same netlink requests from one long-lived process.
-    let (floor_node, floor_containers, floor_times, floor_removals) = fill_floor("bfloor", n, w);
-    teardown(floor_node, floor_containers, |c| c.pid());
+    let (floor_times, floor_removals) = if phases.has("floor") {
+        let (floor_node, floor_containers, floor_times, floor_removals) =
+            fill_floor("bfloor", n, w);
+        teardown(floor_node, floor_containers, |c| c.pid());
+        (Some(floor_times), Some(floor_removals))
+    } else {
+        (None, None)
+    };
+
+    // Isolate with the daemon and policy disabled: what policy costs.
+    let open_times = phases.has("open").then(|| {
+        let (open, open_times, open_daemon) = fill("bopen", n, true, "disabled");
+        drop(open_daemon);
+        teardown(open.node, open.containers, |(c, _, _)| c.pid());
+        open_times
+    });
 
     // Isolate with the daemon; that node then serves the other measures.
-    // Isolate with the daemon and policy disabled: what policy costs.
-    let (open, open_times, open_daemon) = fill("bopen", n, true, "disabled");
-    drop(open_daemon);
-    teardown(open.node, open.containers, |(c, _, _)| c.pid());
-
-    let (fleet, times, daemon) = fill("bdaemon", n, true, "enforce");
-    let daemon = daemon.unwrap();
+    let filled = phases
+        .has("daemon")
+        .then(|| fill("bdaemon", n, true, "enforce"));
+    let times = filled.as_ref().map(|(_, times, _)| times.clone());
+    let last = |t: &[Duration]| t[t.len().saturating_sub(w)..].to_vec();
     for (label, idx) in [("0", 0), ("100", at(100)), ("1,000", at(1000))] {
         println!(
             "| isolate, whole process, median at {label} endpoints: with daemon / inline | {} / {} | {} | ≤ 5 ms at 1,000 |",
-            ms(window(&times, idx, w)),
-            ms(window(&inline_times, idx, w)),
-            ms(window(&cni_times, idx, w))
+            or_dash(&times, |t| ms(window(t, idx, w))),
+            or_dash(&inline_times, |t| ms(window(t, idx, w))),
+            or_dash(&cni_times, |t| ms(window(t, idx, w)))
         );
     }
-    let last = |t: &[Duration]| t[t.len().saturating_sub(w)..].to_vec();
     println!(
         "| isolate with the daemon at 0 / 1,000 endpoints: policy enforced vs disabled | {} / {} | {} / {} (disabled) | policy adds ≤ 3 ms |",
-        ms(window(&times, 0, w)),
-        ms(window(&times, at(1000), w)),
-        ms(window(&open_times, 0, w)),
-        ms(window(&open_times, at(1000), w))
+        or_dash(&times, |t| ms(window(t, 0, w))),
+        or_dash(&times, |t| ms(window(t, at(1000), w))),
+        or_dash(&open_times, |t| ms(window(t, 0, w))),
+        or_dash(&open_times, |t| ms(window(t, at(1000), w)))
     );
     println!(
         "| isolate p99 of the last {w}: with daemon / inline | {} / {} | {} | — |",
-        ms(p99(&last(&times))),
-        ms(p99(&last(&inline_times))),
-        ms(p99(&last(&cni_times)))
+        or_dash(&times, |t| ms(p99(&last(t)))),
+        or_dash(&inline_times, |t| ms(p99(&last(t)))),
+        or_dash(&cni_times, |t| ms(p99(&last(t))))
     );
+    let ratio = |ours: &Option<Vec<Duration>>| match (&cni_times, ours) {
+        (Some(cni), Some(ours)) => format!(
+            "{:.2}×",
+            window(cni, at(1000), w).as_secs_f64() / window(ours, at(1000), w).as_secs_f64()
+        ),
+        _ => "—".to_string(),
+    };
     println!(
-        "| isolate at 1,000: CNI median ÷ ours (daemon / inline) | {:.2}× / {:.2}× | 1× | ≥ 2× |",
-        window(&cni_times, at(1000), w).as_secs_f64() / window(&times, at(1000), w).as_secs_f64(),
-        window(&cni_times, at(1000), w).as_secs_f64()
-            / window(&inline_times, at(1000), w).as_secs_f64()
+        "| isolate at 1,000: CNI median ÷ ours (daemon / inline) | {} / {} | 1× | ≥ 2× |",
+        ratio(&times),
+        ratio(&inline_times)
     );
     println!(
         "| floor: the same netlink requests from one long-lived process, median at 0 / 100 / 1,000 | {} / {} / {} | — | — |",
-        ms(window(&floor_times, 0, w)),
-        ms(window(&floor_times, at(100), w)),
-        ms(window(&floor_times, at(1000), w))
+        or_dash(&floor_times, |t| ms(window(t, 0, w))),
+        or_dash(&floor_times, |t| ms(window(t, at(100), w))),
+        or_dash(&floor_times, |t| ms(window(t, at(1000), w)))
     );
     println!(
-        "| (peer with IPv6 too: CNI ptp waits for duplicate address detection) | — | {} (median of {}) | — |",
-        ms(median(&cni_dual)),
-        cni_dual.len()
+        "| (peer with IPv6 too: CNI ptp waits for duplicate address detection) | — | {} | — |",
+        or_dash(&cni_dual, |t| format!(
+            "{} (median of {})",
+            ms(median(t)),
+            t.len()
+        ))
     );
     for (label, t) in [
         ("daemon", &times),
@@ -413,93 +504,119 @@ fn main() {
         ("floor", &floor_times),
         ("daemon, policy disabled", &open_times),
     ] {
+        let Some(t) = t else { continue };
         let per: Vec<String> = t.chunks(w.max(1) * 2).map(|c| ms(median(c))).collect();
         eprintln!("isolate medians by {} ({label}): {}", w * 2, per.join(", "));
     }
-    let growth = |t: &[Duration]| {
-        window(t, t.len().saturating_sub(w), w).as_secs_f64() / window(t, 0, w).as_secs_f64()
+    // The last window is past 1,000 (cleanup's containers): left out.
+    let growth = |t: &Option<Vec<Duration>>| {
+        or_dash(t, |t| {
+            let t = &t[..t.len() - w];
+            format!(
+                "{:.2}×",
+                window(t, t.len().saturating_sub(w), w).as_secs_f64()
+                    / window(t, 0, w).as_secs_f64()
+            )
+        })
     };
     println!(
-        "| isolate growth, last {w} of 1,000 vs first {w}: with daemon / inline | {:.2}× / {:.2}× | {:.2}× | ≤ 1.2× |",
-        growth(&times[..times.len() - w]),
-        growth(&inline_times[..inline_times.len() - w]),
-        growth(&cni_times[..cni_times.len() - w])
+        "| isolate growth, last {w} of 1,000 vs first {w}: with daemon / inline | {} / {} | {} | ≤ 1.2× |",
+        growth(&times),
+        growth(&inline_times),
+        growth(&cni_times)
     );
+    if let Some(removals) = &floor_removals {
+        println!(
+            "| floor: removal by one long-lived process, median at 1,000 | {} | — | — |",
+            ms(median(removals))
+        );
+    }
+    let Some((fleet, _, daemon)) = filled else {
+        return;
+    };
+    let daemon = daemon.unwrap();
 
     // Cleanup at 1,000 (the last w containers), against CNI DEL.
-    let mut clean = Vec::new();
-    for (_, id, _) in fleet.containers.iter().rev().take(w) {
-        let (took, answer) = timed(fleet.env.command(&fleet.node.ns), &cleanup_json(id));
-        assert!(answer.contains(r#""error":null"#), "{answer}");
-        clean.push(took);
+    if phases.has("cleanup") {
+        let mut clean = Vec::new();
+        for (_, id, _) in fleet.containers.iter().rev().take(w) {
+            let (took, answer) = timed(fleet.env.command(&fleet.node.ns), &cleanup_json(id));
+            assert!(answer.contains(r#""error":null"#), "{answer}");
+            clean.push(took);
+        }
+        println!(
+            "| cleanup, whole process, median at 1,000 endpoints (with daemon) | {} | {} | ≤ 1.25 × the ~20 ms veth delete |",
+            ms(median(&clean)),
+            or_dash(&cni_del, |t| ms(median(t)))
+        );
     }
-    println!(
-        "| cleanup, whole process, median at 1,000 endpoints (with daemon) | {} | {} | ≤ 1.25 × the ~20 ms veth delete |",
-        ms(median(&clean)),
-        ms(median(&cni_del))
-    );
-    println!(
-        "| floor: removal by one long-lived process, median at 1,000 | {} | — | — |",
-        ms(median(&floor_removals))
-    );
 
     // Drift repair: delete host veths one at a time; time until back.
     let live_count = fleet.containers.len() - w;
     let live = &fleet.containers[..live_count];
-    let mut repairs = Vec::new();
-    for (_, id, v4) in live.iter().step_by((live.len() / 20).max(1)).take(20) {
-        let name = reconcilers::endpoint::host_ifname(id);
-        let took =
-            repair_latency(&fleet.node.ns, &name, *v4, Duration::from_secs(10)).expect("repaired");
-        repairs.push(took);
+    if phases.has("repair") {
+        let mut repairs = Vec::new();
+        for (_, id, v4) in live.iter().step_by((live.len() / 20).max(1)).take(20) {
+            let name = reconcilers::endpoint::host_ifname(id);
+            let took = repair_latency(&fleet.node.ns, &name, *v4, Duration::from_secs(10))
+                .expect("repaired");
+            repairs.push(took);
+        }
+        println!(
+            "| drift repair (host veth deleted → its routes back), median of {} | {} | — | ≤ 50 ms |",
+            repairs.len(),
+            ms(median(&repairs))
+        );
     }
-    println!(
-        "| drift repair (host veth deleted → its routes back), median of {} | {} | — | ≤ 50 ms |",
-        repairs.len(),
-        ms(median(&repairs))
-    );
 
     // One resync with no drift: the daemon's CPU from the end of one
     // recorded full pass to the end of the next, once the start-up pass
     // (which reconciles every endpoint) and a first periodic one are over.
     drop(daemon);
-    let daemon = fleet
-        .env
-        .daemon(&fleet.node.ns, &[("CALICO_MESOS_RESYNC_INTERVAL", "2s")]);
-    let store = fleet.env.store();
-    let pass_after = |after: u64| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let status = calico_mesos::controller::loop_status::get(&store, "bench").unwrap();
-            match status.and_then(|s| (s.pid == daemon.pid()).then_some(s.last_full_pass_ms)) {
-                Some(Some(at)) if at > after => return at,
-                _ => {}
+    if phases.has("resync") {
+        let daemon = fleet
+            .env
+            .daemon(&fleet.node.ns, &[("CALICO_MESOS_RESYNC_INTERVAL", "2s")]);
+        let store = fleet.env.store();
+        let pass_after = |after: u64| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let status = calico_mesos::controller::loop_status::get(&store, "bench").unwrap();
+                match status.and_then(|s| (s.pid == daemon.pid()).then_some(s.last_full_pass_ms)) {
+                    Some(Some(at)) if at > after => return at,
+                    _ => {}
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no full pass recorded after {after}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
             }
-            assert!(
-                Instant::now() < deadline,
-                "no full pass recorded after {after}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
-    let started = pass_after(0);
-    let settled = pass_after(started);
-    let before = daemon.cpu();
-    let next = pass_after(settled);
-    let cpu = daemon.cpu() - before;
-    println!(
-        "| daemon CPU over one resync period with no drift ({live_count} endpoints; {} ms from one full pass to the next) | {} | — | ≤ 50 ms |",
-        next - settled,
-        ms(cpu)
-    );
-    drop(daemon);
+        };
+        let started = pass_after(0);
+        let settled = pass_after(started);
+        let before = daemon.cpu();
+        let next = pass_after(settled);
+        let cpu = daemon.cpu() - before;
+        println!(
+            "| daemon CPU over one resync period with no drift ({live_count} endpoints; {} ms from one full pass to the next) | {} | — | ≤ 50 ms |",
+            next - settled,
+            ms(cpu)
+        );
+        drop(daemon);
+    }
 
-    // Reboot: the node namespace is destroyed and made again; rebuild.
     let Fleet {
         env,
         node,
         containers,
     } = fleet;
+    if !phases.has("rebuild") {
+        teardown(node, containers, |(c, _, _)| c.pid());
+        drop(env);
+        return;
+    }
+    // Reboot: the node namespace is destroyed and made again; rebuild.
     let pids: Vec<u32> = containers.iter().map(|(c, _, _)| c.pid()).collect();
     drop(node);
     let gone = wait_no_eth0(&pids, Duration::from_secs(300));

@@ -266,6 +266,7 @@ impl Shared {
     /// One run of the runner: reconcile, then keep watchers and the index
     /// in step with what happened.
     async fn reconcile(self: Arc<Self>, cid: String) -> Result<(), String> {
+        let started = std::time::Instant::now();
         let token = self.fresh.start(&cid);
         let outcome = reconcile_endpoint(&self.ctx, &cid, false)
             .await
@@ -283,6 +284,7 @@ impl Shared {
         let key = keys::endpoint(&self.ctx.node, &cid);
         match outcome {
             Outcome::Ready { generation, .. } => {
+                let reconciled_us = started.elapsed().as_micros() as u64;
                 match self.clone().watch(&cid).await {
                     // Right now, and every later change will be seen.
                     Ok(()) => self.fresh.verified(&cid, generation, token),
@@ -290,6 +292,7 @@ impl Shared {
                         tracing::debug!(container = %cid, error = %e, "no event watch inside the container")
                     }
                 }
+                tracing::debug!(container = %cid, reconciled_us, took_us = started.elapsed().as_micros() as u64, "reconciled and watched");
                 Ok(())
             }
             Outcome::Orphaned { remaining } => {
@@ -558,6 +561,7 @@ async fn accept(
 }
 
 async fn serve_connection(stream: UnixStream, shared: Arc<Shared>, tx: Triggers) {
+    let started = std::time::Instant::now();
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(kick::MAX_LINE_BYTES));
@@ -580,6 +584,10 @@ async fn serve_connection(stream: UnixStream, shared: Arc<Shared>, tx: Triggers)
         Err(e) => KickReply::Refused(format!("unreadable request: {e}")),
     };
     let _ = send(&mut write, &reply).await;
+    tracing::debug!(
+        took_us = started.elapsed().as_micros() as u64,
+        "kick socket request answered"
+    );
 }
 
 async fn send(

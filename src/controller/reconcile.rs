@@ -264,11 +264,13 @@ pub async fn reconcile_endpoint(
     container_id: &str,
     dry_run: bool,
 ) -> anyhow::Result<Outcome> {
+    let started = std::time::Instant::now();
     let store = ctx.store.as_ref();
     let Some(ep) = endpoint::get(store, &ctx.node, container_id)? else {
         return Ok(Outcome::Unknown);
     };
     let status = endpoint::get_status(store, &ctx.node, container_id)?;
+    let read_us = started.elapsed().as_micros() as u64;
     if ep.value.deletion_requested {
         return remove(ctx, &ep, dry_run, false).await;
     }
@@ -288,6 +290,7 @@ pub async fn reconcile_endpoint(
         tokio::spawn(async move { admit_to_policy(&ctx, &ep, dry_run).await })
     });
     let dataplane = ctx.dataplane.ensure(&spec_of(&ep.value), dry_run).await;
+    let ensured_us = started.elapsed().as_micros() as u64;
     let admitted = match admitting {
         Some(task) => match task.await {
             Ok(result) => result,
@@ -295,6 +298,7 @@ pub async fn reconcile_endpoint(
         },
         None => Ok(()),
     };
+    let admitted_us = started.elapsed().as_micros() as u64;
     let ensured = match dataplane {
         Ok(done) => match admitted {
             Ok(()) => Ok(done),
@@ -323,6 +327,14 @@ pub async fn reconcile_endpoint(
                     !done.actions.is_empty(),
                 )?;
             }
+            tracing::debug!(
+                container = %container_id,
+                read_us,
+                ensured_us,
+                admitted_us,
+                took_us = started.elapsed().as_micros() as u64,
+                "endpoint ready"
+            );
             Ok(Outcome::Ready {
                 actions: done.actions,
                 generation: ep.value.generation,
@@ -353,6 +365,7 @@ async fn admit_to_policy(
     ep: &Versioned<Endpoint>,
     dry_run: bool,
 ) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     if !dry_run {
         profiles::ensure_profiles(
             ctx.store.as_ref(),
@@ -361,8 +374,15 @@ async fn admit_to_policy(
             &ep.value,
         )?;
     }
+    let profiled_us = started.elapsed().as_micros() as u64;
     note_endpoint(ctx, ep);
     reconcile_policy(ctx, dry_run).await?;
+    tracing::debug!(
+        container = %ep.value.container_id,
+        profiled_us,
+        took_us = started.elapsed().as_micros() as u64,
+        "admitted to policy"
+    );
     Ok(())
 }
 
@@ -460,10 +480,13 @@ async fn remove(
             }
         })
     });
+    let started = std::time::Instant::now();
     let removed = ctx.dataplane.remove(&ep.value.container_id, dry_run).await;
+    let unlinked_us = started.elapsed().as_micros() as u64;
     if let Some(task) = policy {
         let _ = task.await; // its failure was logged; the policy's own runs repair it
     }
+    let policy_us = started.elapsed().as_micros() as u64;
     let actions = match removed {
         Ok(actions) => actions,
         Err(e) => {
@@ -502,6 +525,13 @@ async fn remove(
                 ep.value.container_id
             );
         }
+        tracing::debug!(
+            container = %ep.value.container_id,
+            unlinked_us,
+            policy_us,
+            took_us = started.elapsed().as_micros() as u64,
+            "endpoint removed"
+        );
         if collected {
             if let Err(e) = reconcile_policy(ctx, dry_run).await {
                 tracing::warn!(container = %ep.value.container_id, error = %format!("{e:#}"), "policy not updated after collection");

@@ -19,6 +19,7 @@ pub fn isolate(
     converger: &dyn Converge,
     args: &Isolate,
 ) -> Result<Answer, String> {
+    let started = std::time::Instant::now();
     let id = request::echo(&args.container_id);
     let fail = |why: String| format!("Cannot isolate container '{id}': {why}");
     let netns = NetnsId::of_pid(args.pid).map_err(|e| {
@@ -52,7 +53,9 @@ pub fn isolate(
         generation: 0,
         deletion_requested: false,
     };
+    let held_us = started.elapsed().as_micros() as u64;
     let recorded = endpoint::record(store.as_ref(), desired).map_err(|e| e.to_string())?;
+    let recorded_us = started.elapsed().as_micros() as u64;
     let generation = recorded.endpoint().generation;
     let ready = |store: &dyn Store| -> Result<Option<Answer>, String> {
         let status = endpoint::get_status(store, &config.nodename, &args.container_id)
@@ -79,9 +82,19 @@ pub fn isolate(
         }
         Err(ConvergeError::Other(e)) => return Err(fail(format!("{e:#}"))),
     }
-    ready(store.as_ref())?.ok_or_else(|| {
+    let converged_us = started.elapsed().as_micros() as u64;
+    let answer = ready(store.as_ref())?.ok_or_else(|| {
         fail("the reconcile finished but its status does not show this request yet.".into())
-    })
+    });
+    tracing::debug!(
+        container = %args.container_id,
+        held_us,
+        recorded_us,
+        converged_us,
+        took_us = started.elapsed().as_micros() as u64,
+        "isolated"
+    );
+    answer
 }
 
 /// Remove the container's network; unknown containers succeed.
@@ -91,6 +104,7 @@ pub fn cleanup(
     converger: &dyn Converge,
     args: &Cleanup,
 ) -> Result<Answer, String> {
+    let started = std::time::Instant::now();
     let id = request::echo(&args.container_id);
     let fail = |why: String| format!("Cannot clean up container '{id}': {why}");
     let requested =
@@ -100,6 +114,7 @@ pub fn cleanup(
         // Nothing was ever configured for it: cleanups are idempotent.
         return Ok(Answer::ok(json!({})));
     }
+    let requested_us = started.elapsed().as_micros() as u64;
     match converger.converge(&args.container_id, config.isolate_timeout) {
         Ok(_) => {}
         Err(ConvergeError::Timeout(t)) => {
@@ -109,9 +124,17 @@ pub fn cleanup(
         }
         Err(ConvergeError::Other(e)) => return Err(fail(format!("{e:#}"))),
     }
+    let converged_us = started.elapsed().as_micros() as u64;
     let left = endpoint::get(store.as_ref(), &config.nodename, &args.container_id)
         .map_err(|e| e.to_string())?;
     if left.is_none() {
+        tracing::debug!(
+            container = %args.container_id,
+            converged_us,
+            took_us = started.elapsed().as_micros() as u64,
+            requested_us,
+            "cleaned up"
+        );
         return Ok(Answer::ok(json!({})));
     }
     let message = endpoint::get_status(store.as_ref(), &config.nodename, &args.container_id)

@@ -201,7 +201,14 @@ impl PolicyDataplane {
     async fn apply(&self, actions: &[PolicyAction]) -> Result<(), PolicyError> {
         let doc = serde_json::to_vec(&to_nft(actions)).expect("nft documents always serialise");
         let what = format!("apply {} policy actions", actions.len());
-        self.backend.apply(&doc, &what).await
+        let started = Instant::now();
+        let applied = self.backend.apply(&doc, &what).await;
+        tracing::debug!(
+            actions = actions.len(),
+            took_us = started.elapsed().as_micros() as u64,
+            "policy transaction"
+        );
+        applied
     }
 
     /// The kernel's table as far as we know it, reading it when we do
