@@ -152,15 +152,7 @@ fn allocations_from_every_node_in_parallel_are_all_distinct() {
         "no daemon committed two waiting allocations together"
     );
     // The store agrees: exactly these are in use, each node has blocks.
-    let (ok, out, err) = cluster.cli(1, &["ipam", "show", "-o", "json"]);
-    assert!(ok, "{err}");
-    let usage: Value = serde_json::from_str(&out).unwrap();
-    let used: u64 = usage["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["used"].as_u64().unwrap())
-        .sum();
+    let (used, usage, out) = addresses_in_use(&cluster);
     assert_eq!(used, expected as u64, "{out}");
     for x in 1..=3u8 {
         assert!(
@@ -168,6 +160,21 @@ fn allocations_from_every_node_in_parallel_are_all_distinct() {
             "node {x} claimed no block: {out}"
         );
     }
+}
+
+/// How many addresses the store counts as in use, with `ipam show`'s JSON
+/// (parsed and as text).
+fn addresses_in_use(cluster: &Cluster) -> (u64, Value, String) {
+    let (ok, out, err) = cluster.cli(1, &["ipam", "show", "-o", "json"]);
+    assert!(ok, "{err}");
+    let usage: Value = serde_json::from_str(&out).unwrap();
+    let used = usage["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["used"].as_u64().unwrap())
+        .sum();
+    (used, usage, out)
 }
 
 /// Plugin processes at a time on each node.
@@ -310,15 +317,7 @@ fn an_etcd_outage_keeps_the_dataplane_and_every_node_converges_after() {
         wait_until(PROPAGATION, || reaches(&a, &d) && reaches(&d, &a)).is_some(),
         "node 1 never reached a container launched on node 3 after the outage"
     );
-    let (ok, out, err) = cluster.cli(1, &["ipam", "show", "-o", "json"]);
-    assert!(ok, "{err}");
-    let usage: Value = serde_json::from_str(&out).unwrap();
-    let used: u64 = usage["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["used"].as_u64().unwrap())
-        .sum();
+    let (used, _, out) = addresses_in_use(&cluster);
     assert_eq!(
         used, 6,
         "addresses leaked (a, b and d hold two each): {out}"
