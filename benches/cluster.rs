@@ -6,7 +6,10 @@
 //!
 //! - allocate throughput with the three nodes contending on etcd: plugin
 //!   processes on all nodes allocating in parallel; every address handed
-//!   out is checked to be distinct, and against the store's count;
+//!   out is checked to be distinct, and against the store's count; once
+//!   with each plugin started by posix_spawn from a thread in the node's
+//!   namespace (as an agent in its namespace starts it), once by a fork of
+//!   the bench that enters the namespace (what the fork costs the bench);
 //! - isolate (spawn → Ready → answer) on node 1 as it fills up to 1,000
 //!   endpoints, medians and p99 per window of 50; the same on SQLite (one
 //!   node, same netgroups) in the same run, for comparison;
@@ -18,7 +21,8 @@
 //!   1,000 endpoints on node 1.
 //!
 //! Runs as root, in test namespaces only (TESTING.md). `cargo bench --bench
-//! cluster`; `cargo test --benches` runs a quick version. Numbers are
+//! cluster` (`CLUSTER_PHASES=allocate` or `isolate` for one part); `cargo
+//! test --benches` runs a quick version. Numbers are
 //! reported, never asserted; an address handed out twice is a failure.
 
 mod common;
@@ -119,8 +123,19 @@ impl Agents {
 
     /// The binary inside node `x`'s namespace, as that node.
     fn command(&self, x: u8) -> Command {
+        self.configured(x, in_netns(BIN, &self.fabric.node(x).ns))
+    }
+
+    /// The binary as node `x`, in the caller's namespace: for a thread
+    /// that has entered node `x`'s (the child is then started with
+    /// posix_spawn, not a fork of this whole process).
+    fn command_here(&self, x: u8) -> Command {
+        self.configured(x, Command::new(BIN))
+    }
+
+    /// `cmd` with node `x`'s environment.
+    fn configured(&self, x: u8, mut cmd: Command) -> Command {
         let node = self.fabric.node(x);
-        let mut cmd = in_netns(BIN, &node.ns);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CALICO_MESOS_CONFIG", self.dir.path().join("config.yaml"))
@@ -143,7 +158,12 @@ impl Agents {
 
     /// One request on node `x` that must succeed: (time, answer).
     fn plugin(&self, x: u8, request: &Value) -> (Duration, Value) {
-        let (took, out) = timed(self.command(x), &request.to_string());
+        self.plugin_as(self.command(x), x, request)
+    }
+
+    /// One request run as `cmd` (node `x`'s binary) that must succeed.
+    fn plugin_as(&self, cmd: Command, x: u8, request: &Value) -> (Duration, Value) {
+        let (took, out) = timed(cmd, &request.to_string());
         let answer: Value = serde_json::from_str(&out).unwrap();
         assert!(answer["error"].is_null(), "node {x}: {request}: {answer}");
         (took, answer)
@@ -158,12 +178,24 @@ impl Agents {
         v4: Option<Ipv4Addr>,
         v6: bool,
     ) -> (Duration, Vec<IpAddr>) {
+        self.allocate_as(self.command(x), x, uid, v4, v6)
+    }
+
+    /// [`Agents::allocate`] run as `cmd` (node `x`'s binary).
+    fn allocate_as(
+        &self,
+        cmd: Command,
+        x: u8,
+        uid: &str,
+        v4: Option<Ipv4Addr>,
+        v6: bool,
+    ) -> (Duration, Vec<IpAddr>) {
         let mut args = json!({"hostname": "agent", "uid": uid, "num_ipv4": 1,
             "num_ipv6": u8::from(v6)});
         if let Some(a) = v4 {
             args["labels"] = json!([{"key": "ipv4_addrs", "value": format!("['{a}']")}]);
         }
-        let (took, answer) = self.plugin(x, &json!({"command": "allocate", "args": args}));
+        let (took, answer) = self.plugin_as(cmd, x, &json!({"command": "allocate", "args": args}));
         let addrs = ["ipv4", "ipv6"]
             .iter()
             .flat_map(|f| answer[f].as_array().cloned().unwrap_or_default())
@@ -247,42 +279,96 @@ struct Throughput {
     in_store: u64,
     wall: Duration,
     latencies: Vec<Duration>,
+    /// `/bin/cat` processes per second (stdin to stdout), started the same way by the same
+    /// workers just before: the machine's own limit for this spawn method.
+    floor: f64,
+}
+
+/// How the bench starts each plugin process.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spawn {
+    /// A fork of this whole (many-threaded) bench process that enters the
+    /// node's namespace before exec: the bench pays for copying itself.
+    Fork,
+    /// posix_spawn from a thread that entered the node's namespace once,
+    /// as an agent living in its namespace starts a child.
+    Posix,
 }
 
 /// `workers` plugin processes at a time on each of three nodes, each
 /// making `per_worker` allocations one after the other.
-fn allocate_in_parallel(tag: &str, workers: usize, per_worker: usize, v6: bool) -> Throughput {
+fn allocate_in_parallel(
+    tag: &str,
+    workers: usize,
+    per_worker: usize,
+    v6: bool,
+    spawn: Spawn,
+) -> Throughput {
     let agents = Agents::new(tag, 3, Datastore::Etcd);
     let start = Instant::now();
-    let results: Vec<(Vec<IpAddr>, Vec<Duration>)> = std::thread::scope(|s| {
-        let agents = &agents;
-        let handles: Vec<_> = (1..=3u8)
-            .flat_map(|x| (0..workers).map(move |w| (x, w)))
-            .map(|(x, w)| {
-                s.spawn(move || {
-                    let mut addrs = Vec::new();
-                    let mut times = Vec::new();
-                    for i in 0..per_worker {
-                        let (took, got) = agents.allocate(x, &format!("n{x}-w{w}-{i}"), None, v6);
-                        addrs.extend(got);
-                        times.push(took);
-                    }
-                    (addrs, times)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let spawned = on_every_node(&agents, workers, per_worker, spawn, |x, _| {
+        let cmd = match spawn {
+            Spawn::Fork => in_netns("/bin/cat", agents.ns(x)),
+            Spawn::Posix => Command::new("/bin/cat"),
+        };
+        timed(cmd, "{}");
+    });
+    let floor = spawned.len() as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let results = on_every_node(&agents, workers, per_worker, spawn, |x, i| {
+        let cmd = match spawn {
+            Spawn::Fork => agents.command(x),
+            Spawn::Posix => agents.command_here(x),
+        };
+        agents.allocate_as(cmd, x, &format!("n{x}-{i}"), None, v6)
     });
     let wall = start.elapsed();
-    let all: Vec<IpAddr> = results.iter().flat_map(|(a, _)| a.clone()).collect();
+    let all: Vec<IpAddr> = results.iter().flat_map(|(_, a)| a.clone()).collect();
     let distinct = all.iter().collect::<BTreeSet<_>>().len();
     Throughput {
         addresses: all.len(),
         distinct,
         in_store: agents.used(),
         wall,
-        latencies: results.into_iter().flat_map(|(_, t)| t).collect(),
+        latencies: results.into_iter().map(|(took, _)| took).collect(),
+        floor,
     }
+}
+
+/// Runs `call(node, n)` `per_worker` times one after the other on each of
+/// `workers` threads per node, all nodes at once (`n` numbers a node's
+/// calls); each thread is in its node's namespace for [`Spawn::Posix`].
+/// The results of all calls.
+fn on_every_node<R: Send>(
+    agents: &Agents,
+    workers: usize,
+    per_worker: usize,
+    spawn: Spawn,
+    call: impl Fn(u8, usize) -> R + Sync,
+) -> Vec<R> {
+    let call = &call;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (1..=3u8)
+            .flat_map(|x| (0..workers).map(move |w| (x, w)))
+            .map(|(x, w)| {
+                s.spawn(move || {
+                    let work = || {
+                        (0..per_worker)
+                            .map(|i| call(x, w * per_worker + i))
+                            .collect::<Vec<R>>()
+                    };
+                    match spawn {
+                        Spawn::Fork => work(),
+                        Spawn::Posix => agents.ns(x).run(work),
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
 }
 
 /// Looks at one node's kernel from this process: its fabric routes
@@ -520,6 +606,13 @@ fn window_stats(times: &[Duration], from: usize, w: usize) -> String {
     )
 }
 
+/// True when `name` is among the phases to run: `CLUSTER_PHASES`, a
+/// comma-separated list of `allocate` and `isolate` (the isolate windows
+/// and the propagation samples); all when unset.
+fn phase(name: &str) -> bool {
+    std::env::var("CLUSTER_PHASES").map_or(true, |list| list.split(',').any(|p| p.trim() == name))
+}
+
 fn main() {
     if !testsupport::require_root() {
         return;
@@ -542,18 +635,34 @@ fn main() {
     println!("|---|---|---|");
 
     // 1. Allocation from all three nodes at once.
-    for (tag, v6, what) in [
-        ("balloc", false, "1 IPv4 each"),
-        ("balloc6", true, "1 IPv4 + 1 IPv6 each"),
-    ] {
+    let allocations = [
+        ("ba4p", false, Spawn::Posix),
+        ("ba6p", true, Spawn::Posix),
+        ("ba4f", false, Spawn::Fork),
+        ("ba6f", true, Spawn::Fork),
+    ];
+    for (tag, v6, spawn) in allocations.into_iter().filter(|_| phase("allocate")) {
         let per = if v6 { per_worker / 2 } else { per_worker };
-        let t = allocate_in_parallel(tag, workers, per, v6);
+        let t = allocate_in_parallel(tag, workers, per, v6, spawn);
         let requests = t.latencies.len();
+        let what = if v6 {
+            "1 IPv4 + 1 IPv6 each"
+        } else {
+            "1 IPv4 each"
+        };
+        let how = match spawn {
+            Spawn::Posix => "posix_spawn from the node's namespace",
+            Spawn::Fork => "a fork of the bench entering the namespace",
+        };
         println!(
-            "| allocate throughput, 3 nodes × {workers} plugin processes at a time on etcd, {what}: {} addresses in {requests} requests | {:.0} addresses/s ({:.0} requests/s) | ≥ 500 addresses/s |",
+            "| allocate throughput, 3 nodes × {workers} plugin processes at a time on etcd ({how}), {what}: {} addresses in {requests} requests | {:.0} addresses/s ({:.0} requests/s) | ≥ 500 addresses/s |",
             t.addresses,
             t.addresses as f64 / t.wall.as_secs_f64(),
             requests as f64 / t.wall.as_secs_f64()
+        );
+        println!(
+            "| the same workers starting `/bin/cat` instead, just before: the spawn floor | {:.0} processes/s | — |",
+            t.floor
         );
         println!(
             "| of which: duplicates; addresses in use as the store counts them; allocate median / p99 | {} duplicates; {} in use; {} / {} | 0 |",
@@ -566,6 +675,9 @@ fn main() {
         assert_eq!(t.in_store, t.addresses as u64, "the store disagrees");
     }
 
+    if !phase("isolate") {
+        return;
+    }
     // 2. SQLite, one node, for comparison: isolate as the node fills up.
     let sqlite = Agents::new("bsqlite", 1, Datastore::Sqlite);
     let (sqlite_containers, sqlite_times) = sqlite.fill(1, n);
