@@ -27,7 +27,7 @@
 
 mod common;
 
-use common::{in_netns, median, ms, p99, teardown, timed, window, window_of, Daemon, BIN};
+use common::{in_netns, median, ms, p99, teardown, timed, window, window_of, Daemon, Spawn, BIN};
 use reconcilers::fabric::FabricDataplane;
 use reconcilers::policy::{netgroup_set, LibNft, LIBNFTABLES};
 use serde_json::{json, Value};
@@ -126,11 +126,9 @@ impl Agents {
         self.configured(x, in_netns(BIN, &self.fabric.node(x).ns))
     }
 
-    /// The binary as node `x`, in the caller's namespace: for a thread
-    /// that has entered node `x`'s (the child is then started with
-    /// posix_spawn, not a fork of this whole process).
-    fn command_here(&self, x: u8) -> Command {
-        self.configured(x, Command::new(BIN))
+    /// The binary as node `x`, started `spawn`'s way.
+    fn command_as(&self, x: u8, spawn: Spawn) -> Command {
+        self.configured(x, spawn.command(BIN, self.ns(x)))
     }
 
     /// `cmd` with node `x`'s environment.
@@ -284,17 +282,6 @@ struct Throughput {
     floor: f64,
 }
 
-/// How the bench starts each plugin process.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Spawn {
-    /// A fork of this whole (many-threaded) bench process that enters the
-    /// node's namespace before exec: the bench pays for copying itself.
-    Fork,
-    /// posix_spawn from a thread that entered the node's namespace once,
-    /// as an agent living in its namespace starts a child.
-    Posix,
-}
-
 /// `workers` plugin processes at a time on each of three nodes, each
 /// making `per_worker` allocations one after the other.
 fn allocate_in_parallel(
@@ -307,20 +294,18 @@ fn allocate_in_parallel(
     let agents = Agents::new(tag, 3, Datastore::Etcd);
     let start = Instant::now();
     let spawned = on_every_node(&agents, workers, per_worker, spawn, |x, _| {
-        let cmd = match spawn {
-            Spawn::Fork => in_netns("/bin/cat", agents.ns(x)),
-            Spawn::Posix => Command::new("/bin/cat"),
-        };
-        timed(cmd, "{}");
+        timed(spawn.command("/bin/cat", agents.ns(x)), "{}");
     });
     let floor = spawned.len() as f64 / start.elapsed().as_secs_f64();
     let start = Instant::now();
     let results = on_every_node(&agents, workers, per_worker, spawn, |x, i| {
-        let cmd = match spawn {
-            Spawn::Fork => agents.command(x),
-            Spawn::Posix => agents.command_here(x),
-        };
-        agents.allocate_as(cmd, x, &format!("n{x}-{i}"), None, v6)
+        agents.allocate_as(
+            agents.command_as(x, spawn),
+            x,
+            &format!("n{x}-{i}"),
+            None,
+            v6,
+        )
     });
     let wall = start.elapsed();
     let all: Vec<IpAddr> = results.iter().flat_map(|(_, a)| a.clone()).collect();
@@ -650,10 +635,7 @@ fn main() {
         } else {
             "1 IPv4 each"
         };
-        let how = match spawn {
-            Spawn::Posix => "posix_spawn from the node's namespace",
-            Spawn::Fork => "a fork of the bench entering the namespace",
-        };
+        let how = spawn.label();
         println!(
             "| allocate throughput, 3 nodes × {workers} plugin processes at a time on etcd ({how}), {what}: {} addresses in {requests} requests | {:.0} addresses/s ({:.0} requests/s) | ≥ 500 addresses/s |",
             t.addresses,

@@ -17,6 +17,13 @@
 //! dataplane`; `cargo test --benches` runs a quick version. Numbers are
 //! reported, never asserted.
 //!
+//! Every timed process, ours and the peer's, is started the same way: by
+//! default by a fork of this bench that enters the node namespace before
+//! exec (as Mesos' libprocess forks), with `BENCH_SPAWN=posix` by
+//! posix_spawn from a thread inside the namespace (as a Go runtime such as
+//! containerd starts CNI plugins). The first row gives the time to start
+//! `/bin/cat` that way.
+//!
 //! `DATAPLANE_PHASES` runs only some phases (comma-separated; default all):
 //! `peer` (CNI ADD and DEL), `inline` (isolate with no daemon), `floor`,
 //! `open` (isolate with the daemon, policy disabled), `daemon` (isolate
@@ -33,7 +40,7 @@ mod common;
 
 use calico_mesos::ipam::{self, Request};
 use calico_mesos::store::sqlite::SqliteStore;
-use common::{in_netns, median, ms, p99, teardown, timed, window, Daemon, BIN};
+use common::{in_netns, median, ms, p99, teardown, timed, window, Daemon, Spawn, BIN};
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -47,6 +54,8 @@ struct Env {
     dir: tempfile::TempDir,
     /// `enforce` or `disabled` (the `policy` key).
     policy: &'static str,
+    /// How the timed plugin processes are started.
+    spawn: Spawn,
 }
 
 impl Env {
@@ -64,7 +73,11 @@ impl Env {
             )
             .unwrap();
         }
-        Env { dir, policy }
+        Env {
+            dir,
+            policy,
+            spawn: Spawn::from_env(),
+        }
     }
 
     fn store(&self) -> SqliteStore {
@@ -72,9 +85,21 @@ impl Env {
     }
 
     /// The binary, entering `node` before exec (as an agent in its own
-    /// namespace runs it, without `ip netns exec`'s own cost).
+    /// namespace runs it, without `ip netns exec`'s own cost): for the
+    /// daemon and the untimed commands.
     fn command(&self, node: &Netns) -> Command {
-        let mut cmd = in_netns(BIN, node);
+        self.configured(in_netns(BIN, node))
+    }
+
+    /// One plugin request in `node`, started [`Env::spawn`]'s way:
+    /// (spawn → answer, stdout).
+    fn call(&self, node: &Netns, input: &str) -> (Duration, String) {
+        let cmd = self.configured(self.spawn.command(BIN, node));
+        self.spawn.timed(node, cmd, input)
+    }
+
+    /// `cmd` with this agent's environment.
+    fn configured(&self, mut cmd: Command) -> Command {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CALICO_MESOS_CONFIG", self.dir.path().join("config.yaml"))
@@ -164,7 +189,7 @@ fn fill(
         let c = Container::new(&node.ns);
         let (v4, v6) = allocate(&store, &format!("task-{i}"));
         let id = format!("container-{i}");
-        let (took, answer) = timed(env.command(&node.ns), &isolate_json(&id, c.pid(), v4, v6));
+        let (took, answer) = env.call(&node.ns, &isolate_json(&id, c.pid(), v4, v6));
         assert!(answer.contains(r#""error":null"#), "{answer}");
         times.push(took);
         containers.push((c, id, v4));
@@ -202,8 +227,11 @@ fn fill_cni(
     for i in 0..n {
         let c = Container::new(&node.ns);
         let id = format!("cni-{i}");
-        let (took, _) = timed(
-            cni(&node.ns, "ADD", &id, &c),
+        let (took, _) = cni(
+            &node.ns,
+            "ADD",
+            &id,
+            &c,
             &cni_config(dir.path(), dual_stack),
         );
         times.push(took);
@@ -227,15 +255,18 @@ fn cni_config(data: &Path, dual_stack: bool) -> String {
     )
 }
 
-fn cni(node: &Netns, command: &str, id: &str, c: &Container) -> Command {
-    let mut cmd = in_netns(PTP, node);
+/// One call of the peer in `node` with `config` on stdin, started the
+/// same way as ours: (spawn → answer, stdout).
+fn cni(node: &Netns, command: &str, id: &str, c: &Container, config: &str) -> (Duration, String) {
+    let spawn = Spawn::from_env();
+    let mut cmd = spawn.command(PTP, node);
     cmd.env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", id)
         .env("CNI_NETNS", c.netns_path())
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/usr/lib/cni");
-    cmd
+    spawn.timed(node, cmd, config)
 }
 
 /// Deletes the host veth `name` in `node` and returns the time from the
@@ -291,6 +322,20 @@ fn repair_latency(node: &Netns, name: &str, addr: IpAddr, limit: Duration) -> Op
     });
     let _ = deleting.join();
     result.ok().flatten()
+}
+
+/// The median time to start `/bin/cat` (stdin to stdout) `samples` times
+/// in a node namespace `spawn`'s way: what starting any process costs.
+fn spawn_floor(spawn: Spawn, samples: usize) -> Duration {
+    let node = Node::new("bspawn", 1);
+    let times: Vec<Duration> = (0..samples)
+        .map(|_| {
+            spawn
+                .timed(&node.ns, spawn.command("/bin/cat", &node.ns), "{}")
+                .0
+        })
+        .collect();
+    median(&times)
 }
 
 /// The floor: one long-lived process (this one) making the endpoint
@@ -399,14 +444,24 @@ fn main() {
     let at = |i: usize| if quick { i / 100 } else { i };
     println!("| measure | calico-mesos (IPv4 + IPv6) | CNI ptp + host-local (IPv4) | target |");
     println!("|---|---|---|---|");
+    let spawn = Spawn::from_env();
+    let spawned = spawn_floor(spawn, w);
+    println!(
+        "| how every timed process is started (`BENCH_SPAWN`); `/bin/cat` started so, median of {w} | {}; {} | the same | — |",
+        spawn.label(),
+        ms(spawned)
+    );
 
     // The peer first: isolate (ADD) and cleanup (DEL) at 1,000.
     let (cni_times, cni_del, cni_dual) = if phases.has("peer") {
         let (cni_node, cni_dir, cni_containers, cni_times) = fill_cni("bcni", n, false);
         let mut cni_del = Vec::new();
         for (c, id) in cni_containers.iter().rev().take(w) {
-            let (took, _) = timed(
-                cni(&cni_node.ns, "DEL", id, c),
+            let (took, _) = cni(
+                &cni_node.ns,
+                "DEL",
+                id,
+                c,
                 &cni_config(cni_dir.path(), false),
             );
             cni_del.push(took);
@@ -540,7 +595,7 @@ fn main() {
     if phases.has("cleanup") {
         let mut clean = Vec::new();
         for (_, id, _) in fleet.containers.iter().rev().take(w) {
-            let (took, answer) = timed(fleet.env.command(&fleet.node.ns), &cleanup_json(id));
+            let (took, answer) = fleet.env.call(&fleet.node.ns, &cleanup_json(id));
             assert!(answer.contains(r#""error":null"#), "{answer}");
             clean.push(took);
         }
@@ -549,6 +604,12 @@ fn main() {
             ms(median(&clean)),
             or_dash(&cni_del, |t| ms(median(t)))
         );
+        if let Some(removals) = &floor_removals {
+            println!(
+                "| cleanup ÷ the floor's removal, same run | {:.2}× | — | ≤ 1.25× |",
+                median(&clean).as_secs_f64() / median(removals).as_secs_f64()
+            );
+        }
     }
 
     // Drift repair: delete host veths one at a time; time until back.

@@ -35,6 +35,56 @@ pub fn in_netns(program: &str, node: &Netns) -> Command {
     cmd
 }
 
+/// How a bench starts the processes it times (`BENCH_SPAWN=fork|posix`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Spawn {
+    /// A fork of the whole many-threaded bench that enters the namespace
+    /// before exec: what Mesos' libprocess does (it forks), paying for a
+    /// copy of the parent's page tables. The default.
+    Fork,
+    /// posix_spawn (a `CLONE_VM | CLONE_VFORK` clone, no copy of the bench)
+    /// from a thread that entered the node's namespace: how a runtime
+    /// written in Go (containerd, the CNI callers) or with posix_spawn
+    /// starts a plugin.
+    Posix,
+}
+
+impl Spawn {
+    /// `BENCH_SPAWN`, [`Spawn::Fork`] when unset.
+    pub fn from_env() -> Spawn {
+        match std::env::var("BENCH_SPAWN").as_deref() {
+            Err(_) | Ok("fork") => Spawn::Fork,
+            Ok("posix") => Spawn::Posix,
+            Ok(other) => panic!("BENCH_SPAWN={other:?}: expected fork or posix"),
+        }
+    }
+
+    /// How the table names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Spawn::Posix => "posix_spawn from a thread in the node's namespace",
+            Spawn::Fork => "a fork of the bench entering the node's namespace",
+        }
+    }
+
+    /// `program`, to be run inside `node` this way: with [`Spawn::Posix`]
+    /// the caller must be in `node` (see [`Spawn::timed`]).
+    pub fn command(self, program: &str, node: &Netns) -> Command {
+        match self {
+            Spawn::Posix => Command::new(program),
+            Spawn::Fork => in_netns(program, node),
+        }
+    }
+
+    /// [`timed`] of `cmd` (made by [`Spawn::command`]) inside `node`.
+    pub fn timed(self, node: &Netns, cmd: Command, input: &str) -> (Duration, String) {
+        match self {
+            Spawn::Posix => node.run(|| timed(cmd, input)),
+            Spawn::Fork => timed(cmd, input),
+        }
+    }
+}
+
 /// Runs `cmd` with `input`, returns (elapsed, stdout); panics on failure.
 pub fn timed(mut cmd: Command, input: &str) -> (Duration, String) {
     cmd.stdin(Stdio::piped())
