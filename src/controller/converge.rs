@@ -35,8 +35,10 @@ pub enum ConvergeError {
 
 /// How a front end has one endpoint reconciled now.
 pub trait Converge {
-    /// Has `container_id`'s endpoint reconciled within `timeout`; the
-    /// status in the store then shows the result.
+    /// Has `container_id`'s endpoint reconciled within `timeout`; on Ok
+    /// the status in the store shows the result. A daemon's run that
+    /// failed is an error, since it may have written no status (the store
+    /// refused the write).
     fn converge(&self, container_id: &str, timeout: Duration) -> Result<Reconciler, ConvergeError>;
 }
 
@@ -75,6 +77,7 @@ pub fn converge(
             // A daemon that is stopping refuses; it releases the lock soon.
             Err(KickError::Refused(why)) => tracing::debug!(%why, "daemon refused a kick"),
             Err(KickError::Timeout(t)) => return Err(ConvergeError::Timeout(t)),
+            Err(KickError::Failed(why)) => return Err(ConvergeError::Other(anyhow::anyhow!(why))),
             Err(e) => return Err(ConvergeError::Other(e.into())),
         }
         if let Some(lock) = NodeLock::try_acquire(&config.run_dir).map_err(anyhow::Error::from)? {

@@ -573,7 +573,8 @@ async fn serve_connection(stream: UnixStream, shared: Arc<Shared>, tx: Triggers)
     let reply = match request {
         Ok(KickRequest::Reconcile(cid)) => match reconcile_now(&shared, &tx, cid).await {
             Ok(()) => KickReply::Done,
-            Err(why) => KickReply::Refused(why.into()),
+            Err(RunNowError::Stopping) => KickReply::Refused(STOPPING.into()),
+            Err(RunNowError::Failed(why)) => KickReply::Failed(why),
         },
         Ok(KickRequest::Serve(request)) => match refusal(&shared.config, &request) {
             Some(why) => KickReply::Refused(why),
@@ -599,10 +600,23 @@ async fn send(
     write.write_all(line.as_bytes()).await
 }
 
+const STOPPING: &str = "the daemon is stopping";
+
+/// Why [`reconcile_now`] has no successful run to report.
+#[derive(Debug, PartialEq, Eq)]
+enum RunNowError {
+    /// The runner stopped taking work.
+    Stopping,
+    /// The run failed (a store outage, or a dataplane failure the status
+    /// records); the message says why.
+    Failed(String),
+}
+
 /// Has `cid`'s endpoint reconciled by the runner, and waits until a run
-/// that started after this call has finished.
-async fn reconcile_now(shared: &Shared, tx: &Triggers, cid: String) -> Result<(), &'static str> {
-    const STOPPING: &str = "the daemon is stopping";
+/// that started after this call has finished: its result. A failed run
+/// may have written no status (the store refused it), so the caller must
+/// not read the status as current then.
+async fn reconcile_now(shared: &Shared, tx: &Triggers, cid: String) -> Result<(), RunNowError> {
     if let Ok(Some(ep)) = endpoint::get(shared.ctx.store.as_ref(), &shared.ctx.node, &cid) {
         shared.index.upsert(ep.value);
     }
@@ -613,8 +627,11 @@ async fn reconcile_now(shared: &Shared, tx: &Triggers, cid: String) -> Result<()
         done: Some(done),
         reset_backoff: true,
     };
-    tx.send(trigger).await.map_err(|_| STOPPING)?;
-    finished.await.map_err(|_| STOPPING)
+    tx.send(trigger).await.map_err(|_| RunNowError::Stopping)?;
+    finished
+        .await
+        .map_err(|_| RunNowError::Stopping)?
+        .map_err(RunNowError::Failed)
 }
 
 /// Why the daemon will not answer a plugin's request for it: the plugin is
@@ -708,7 +725,8 @@ impl Converge for ByRunner<'_> {
         let run = reconcile_now(self.shared, &self.tx, container_id.to_string());
         match self.runtime.block_on(tokio::time::timeout(timeout, run)) {
             Ok(Ok(())) => Ok(Reconciler::Daemon),
-            Ok(Err(why)) => Err(ConvergeError::Other(anyhow::anyhow!(why))),
+            Ok(Err(RunNowError::Stopping)) => Err(ConvergeError::Other(anyhow::anyhow!(STOPPING))),
+            Ok(Err(RunNowError::Failed(why))) => Err(ConvergeError::Other(anyhow::anyhow!(why))),
             Err(_) => Err(ConvergeError::Timeout(timeout)),
         }
     }

@@ -64,6 +64,9 @@ pub enum KickReply {
     /// A reconcile that started after the request has finished: the
     /// status in the store is current.
     Done,
+    /// A reconcile that started after the request has failed; the status
+    /// in the store may not show it (the store refused the write).
+    Failed(String),
     /// The daemon could not serve the request (it is stopping, the request
     /// was malformed, or the plugin is configured for another node or
     /// store); nothing of it was carried out.
@@ -87,6 +90,9 @@ pub enum KickError {
     /// The daemon refused.
     #[error("the daemon refused: {0}")]
     Refused(String),
+    /// The daemon's reconcile failed, for this reason.
+    #[error("{0}")]
+    Failed(String),
     /// Anything else on the socket.
     #[error("talking to the daemon on {path}")]
     Io {
@@ -198,6 +204,7 @@ pub fn kick(run_dir: &Path, container_id: &str, timeout: Duration) -> Result<(),
     let request = KickRequest::Reconcile(container_id.to_string());
     match Exchange::start(run_dir, &request, timeout)?.reply()? {
         KickReply::Done => Ok(()),
+        KickReply::Failed(why) => Err(KickError::Failed(why)),
         other => Err(unexpected(other)),
     }
 }

@@ -1,6 +1,6 @@
 //! Drives the [`Scheduler`]: takes triggers from a channel, runs due keys
 //! with a concurrency cap, retries failures with backoff, and tells waiters
-//! when a run that started after they asked has finished. Triggers are only
+//! how a run that started after they asked has finished. Triggers are only
 //! hints: the reconcile function reads the truth itself (level-triggered).
 
 use super::scheduler::Scheduler;
@@ -12,6 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+/// How a run ended: Ok, or the error message of a failed run.
+pub type RunResult = Result<(), String>;
+
 /// A request to reconcile a key.
 #[derive(Debug)]
 pub struct Trigger<K> {
@@ -19,8 +22,9 @@ pub struct Trigger<K> {
     pub key: K,
     /// When to run it (now, for events).
     pub at: Instant,
-    /// Told once a run that started after this trigger has finished.
-    pub done: Option<oneshot::Sender<()>>,
+    /// Told once a run that started after this trigger has finished, with
+    /// that run's result.
+    pub done: Option<oneshot::Sender<RunResult>>,
     /// The key's intent changed: forget its backoff.
     pub reset_backoff: bool,
 }
@@ -46,12 +50,12 @@ pub async fn run<K, F, Fut>(
 ) where
     K: Clone + Eq + Hash + Ord + Send + Sync + std::fmt::Debug + 'static,
     F: Fn(K) -> Fut,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
+    Fut: Future<Output = RunResult> + Send + 'static,
 {
     let mut scheduler = Scheduler::<K>::default();
-    let mut waiting: HashMap<K, Vec<oneshot::Sender<()>>> = HashMap::new();
-    let mut in_run: HashMap<K, Vec<oneshot::Sender<()>>> = HashMap::new();
-    let mut tasks: JoinSet<(K, Result<(), String>)> = JoinSet::new();
+    let mut waiting: HashMap<K, Vec<oneshot::Sender<RunResult>>> = HashMap::new();
+    let mut in_run: HashMap<K, Vec<oneshot::Sender<RunResult>>> = HashMap::new();
+    let mut tasks: JoinSet<(K, RunResult)> = JoinSet::new();
     let mut open = true;
     loop {
         // Start everything due, up to the cap.
@@ -108,7 +112,7 @@ pub async fn run<K, F, Fut>(
                     tracing::debug!(key = ?key, ?delay, "retry scheduled");
                 }
                 for waiter in in_run.remove(&key).unwrap_or_default() {
-                    let _ = waiter.send(());
+                    let _ = waiter.send(result.clone());
                 }
             },
             _ = async {
@@ -211,12 +215,32 @@ mod tests {
         })
         .await
         .unwrap();
-        done_rx.await.unwrap();
+        assert_eq!(done_rx.await.unwrap(), Ok(()));
         assert_eq!(
             log.lock().unwrap().len(),
             2,
             "told only after the second run"
         );
+        drop(tx);
+        runner.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_is_told_why_its_run_failed_not_the_retry() {
+        let log: Log = Default::default();
+        let (tx, rx) = mpsc::channel(16);
+        let runner = tokio::spawn(run(rx, 4, recorder(log.clone(), 1, Instant::now())));
+        let (done_tx, done_rx) = oneshot::channel();
+        tx.send(Trigger {
+            done: Some(done_tx),
+            ..Trigger::now("a".to_string())
+        })
+        .await
+        .unwrap();
+        assert_eq!(done_rx.await.unwrap(), Err("boom".to_string()));
+        assert_eq!(log.lock().unwrap().len(), 1, "told after the failed run");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(log.lock().unwrap().len(), 2, "and the key was retried");
         drop(tx);
         runner.await.unwrap();
     }
@@ -268,8 +292,11 @@ mod tests {
         })
         .await
         .unwrap();
-        // The waiter of the panicked run is told; the key is retried.
-        done_rx.await.unwrap();
+        // The waiter of the panicked run is told so; the key is retried.
+        assert_eq!(
+            done_rx.await.unwrap(),
+            Err("the reconcile panicked".to_string())
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(*runs.lock().unwrap(), 2, "retried after the panic");
         drop(tx);
