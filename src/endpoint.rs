@@ -301,10 +301,19 @@ pub fn write_status(
 
 /// Delete an endpoint's intent (if still at `revision`) and its status.
 pub fn delete(store: &dyn Store, endpoint: &Versioned<Endpoint>) -> Result<bool, StoreError> {
+    Ok(matches!(
+        store.commit(&deletion(endpoint))?,
+        Commit::Done(_)
+    ))
+}
+
+/// The transaction of [`delete`]: the record and its status go, guarded by
+/// the record's revision (to be committed alone or with other writes).
+pub fn deletion(endpoint: &Versioned<Endpoint>) -> Txn {
     let e = &endpoint.value;
     let mut txn = Txn::default();
     txn.compare(e.key(), endpoint.mod_revision);
     txn.delete(e.key());
     txn.delete(status_key(&e.node, &e.container_id));
-    Ok(matches!(store.commit(&txn)?, Commit::Done(_)))
+    txn
 }

@@ -518,13 +518,17 @@ async fn remove(
             .map(|(addr, _)| addr)
             .collect()
     } else {
-        let released = ipam::release_held(ctx.store.as_ref(), &ep.value.holders)?;
-        if !endpoint::delete(ctx.store.as_ref(), ep)? {
+        // One transaction: the addresses are never free while the record
+        // still names them, and never held once it is gone.
+        let deletion = endpoint::deletion(ep);
+        let Some(released) =
+            ipam::release_held_with(ctx.store.as_ref(), &ep.value.holders, &deletion)?
+        else {
             anyhow::bail!(
                 "the intent of container {} changed while it was being removed",
                 ep.value.container_id
             );
-        }
+        };
         tracing::debug!(
             container = %ep.value.container_id,
             unlinked_us,

@@ -9,7 +9,7 @@
 use super::draft::Draft;
 use super::pools::{commit, default_pools, list_pools, DEFAULT_POOLS};
 use super::{family_name, with_retries, IpPool, IpamError};
-use crate::store::{keys, Revision, Store, Versioned};
+use crate::store::{keys, Commit, Compare, Revision, Store, Txn, Versioned};
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
@@ -174,6 +174,18 @@ pub fn release_held(
     store: &dyn Store,
     held: &BTreeMap<IpAddr, String>,
 ) -> Result<Vec<IpAddr>, IpamError> {
+    Ok(release_held_with(store, held, &Txn::default())?.unwrap_or_default())
+}
+
+/// [`release_held`] and `also` in one transaction: `also`'s writes are
+/// made together with the release, and only while its guards hold. `None`
+/// (nothing released, nothing written) once one of `also`'s guards no
+/// longer holds; a conflict on the blocks alone is retried as usual.
+pub fn release_held_with(
+    store: &dyn Store,
+    held: &BTreeMap<IpAddr, String>,
+    also: &Txn,
+) -> Result<Option<Vec<IpAddr>>, IpamError> {
     with_retries(|| {
         let pools = list_pools(store)?;
         let mut draft = Draft::new(store);
@@ -189,11 +201,33 @@ pub fn release_held(
                 released.push(addr);
             }
         }
-        if !released.is_empty() {
-            commit(store, &draft.into_txn())?;
+        let mut txn = if released.is_empty() {
+            Txn::default()
+        } else {
+            draft.into_txn()
+        };
+        txn.compares.extend(also.compares.iter().cloned());
+        txn.ops.extend(also.ops.iter().cloned());
+        if txn.is_empty() {
+            return Ok(Some(released));
         }
-        Ok(released)
+        match store.commit(&txn)? {
+            Commit::Done(_) => Ok(Some(released)),
+            Commit::Conflict if !guards_hold(store, &also.compares)? => Ok(None),
+            Commit::Conflict => Err(IpamError::Conflict),
+        }
     })
+}
+
+/// True when every key of `compares` is still at its revision.
+fn guards_hold(store: &dyn Store, compares: &[Compare]) -> Result<bool, IpamError> {
+    for c in compares {
+        let now = store.get(&c.key)?.map_or(0, |kv| kv.mod_revision);
+        if now != c.mod_revision {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Release every address held under `uid`. Returns those released.

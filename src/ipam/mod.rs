@@ -18,8 +18,8 @@ mod report;
 mod retire;
 
 pub use assign::{
-    allocate, allocate_many, holders, release_addresses, release_handle, release_held, reserve,
-    Assigned, Request,
+    allocate, allocate_many, holders, release_addresses, release_handle, release_held,
+    release_held_with, reserve, Assigned, Request,
 };
 pub use block::Block;
 pub use leaks::{collect_leaks, find_leaks, InUse, Leak};

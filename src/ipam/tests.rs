@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::store::{keys, testing, Store};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// A fresh store of this module's backend, and what keeps it alive.
@@ -208,6 +209,44 @@ fn release_by_uid_frees_exactly_that_uid() {
     assert_eq!(c.ipv4, a.ipv4);
     assert!(b.ipv4.iter().all(|x| !c.ipv4.contains(x)));
     assert!(release_handle(&s, "nobody").unwrap().is_empty());
+}
+
+#[test]
+fn release_held_with_writes_the_rest_only_with_the_release_and_its_guards() {
+    use crate::store::Txn;
+    let (_d, s) = store();
+    with_pool(&s, "198.18.0.0/24", 26);
+    let a = alloc(&s, "n1", "a", 2, 0).unwrap();
+    let held: BTreeMap<IpAddr, String> = a.ipv4.iter().map(|&x| (x, "a".to_string())).collect();
+    s.commit(&{
+        let mut t = Txn::default();
+        t.put("record", b"1".to_vec());
+        t
+    })
+    .unwrap();
+    let record = s.get("record").unwrap().unwrap();
+    // A guard that no longer holds: nothing is released, nothing written.
+    let mut stale = Txn::default();
+    stale.compare("record", record.mod_revision - 1);
+    stale.delete("record");
+    assert_eq!(release_held_with(&s, &held, &stale).unwrap(), None);
+    assert_eq!(usage(&s).unwrap().pools[0].used, 2);
+    assert!(s.get("record").unwrap().is_some());
+    // Its guard holds: the release and the delete together.
+    let mut fresh = Txn::default();
+    fresh.compare("record", record.mod_revision);
+    fresh.delete("record");
+    let mut released = release_held_with(&s, &held, &fresh).unwrap().unwrap();
+    released.sort();
+    assert_eq!(released, a.ipv4);
+    assert_eq!(usage(&s).unwrap().pools[0].used, 0);
+    assert_eq!(s.get("record").unwrap(), None);
+    // Nothing left to release: the rest is still written.
+    let mut again = Txn::default();
+    again.compare("record", 0);
+    again.put("record", b"2".to_vec());
+    assert_eq!(release_held_with(&s, &held, &again).unwrap(), Some(vec![]));
+    assert!(s.get("record").unwrap().is_some());
 }
 
 #[test]
