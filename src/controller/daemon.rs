@@ -14,7 +14,7 @@ use super::index::OwnerIndex;
 use super::kick::{self, KickReply, KickRequest, ServeRequest};
 use super::lock::NodeLock;
 use super::loop_status::{self, LoopStatus};
-use super::nsids::NsidMap;
+use super::nsids::{NsidMap, Origin};
 use super::reconcile::{
     collect_leaked_addresses, list_and_sweep, reconcile_endpoint, reconcile_policy, spec_of,
     NodeContext, Outcome, Sweep,
@@ -957,25 +957,25 @@ async fn watch_kernel(shared: Arc<Shared>, tx: Triggers) {
             continue;
         }
         let node_nsid = *shared.node_nsid.lock().expect("node nsid lock");
-        if let Some(nsid) = nsid.filter(|n| Some(*n) != node_nsid) {
+        match shared.nsids.origin(nsid, node_nsid) {
+            Origin::Node => {}
             // Inside a container: any change there is worth a look.
-            match shared.nsids.owner(nsid) {
-                Some(cid) => {
-                    shared.fresh.touch(&cid);
-                    shared.trigger(cid, EVENT_DELAY, false);
-                }
-                None => {
-                    shared
-                        .unattributed
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::trace!(
-                        nsid,
-                        ?event,
-                        "event from a namespace no endpoint accounts for"
-                    );
-                }
+            Origin::Container(cid) => {
+                shared.fresh.touch(&cid);
+                shared.trigger(cid, EVENT_DELAY, false);
+                continue;
             }
-            continue;
+            Origin::Unknown(nsid) => {
+                shared
+                    .unattributed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::trace!(
+                    nsid,
+                    ?event,
+                    "event from a namespace no endpoint accounts for"
+                );
+                continue;
+            }
         }
         let owner = match &event {
             KernelEvent::Link { name, .. } if name.starts_with(HOST_IFNAME_PREFIX) => {

@@ -17,6 +17,18 @@ struct Maps {
     by_container: HashMap<String, i32>,
 }
 
+/// Where a kernel event happened, as far as the daemon can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// In the node's own namespace (no id, or the node's id for itself).
+    Node,
+    /// Inside the namespace of this container.
+    Container(String),
+    /// In a namespace no endpoint accounts for (the node's gateway, a
+    /// container not Ready yet, one just gone).
+    Unknown(i32),
+}
+
 /// The map; cheap to query from the event handler.
 #[derive(Debug, Default)]
 pub struct NsidMap {
@@ -61,6 +73,16 @@ impl NsidMap {
             .by_nsid
             .get(&nsid)
             .cloned()
+    }
+
+    /// Where an event tagged `nsid` happened, given the id the node's
+    /// namespace has for itself (`node_nsid`, usually none).
+    pub fn origin(&self, nsid: Option<i32>, node_nsid: Option<i32>) -> Origin {
+        match nsid {
+            None => Origin::Node,
+            Some(n) if Some(n) == node_nsid => Origin::Node,
+            Some(n) => self.owner(n).map_or(Origin::Unknown(n), Origin::Container),
+        }
     }
 
     /// How many containers are mapped.
@@ -110,6 +132,19 @@ mod tests {
         assert_eq!(m.owner(7).as_deref(), Some("new"), "the new one keeps it");
         m.remove("new");
         assert_eq!(m.owner(7), None);
+    }
+
+    #[test]
+    fn untagged_events_are_the_nodes_and_unknown_ids_are_nobodys() {
+        let m = NsidMap::default();
+        m.insert(2, "a");
+        assert_eq!(m.origin(None, None), Origin::Node);
+        assert_eq!(m.origin(Some(2), None), Origin::Container("a".into()));
+        assert_eq!(m.origin(Some(9), None), Origin::Unknown(9));
+        // The node has an id for itself: its own events carry it.
+        assert_eq!(m.origin(Some(9), Some(9)), Origin::Node);
+        assert_eq!(m.origin(None, Some(9)), Origin::Node);
+        assert_eq!(m.origin(Some(2), Some(9)), Origin::Container("a".into()));
     }
 
     #[test]
