@@ -5,10 +5,10 @@
 //! daemon turns them into the keys of the endpoints to re-check; this
 //! module only reports what changed, and where.
 //!
-//! - [`parse`]: netlink bytes and control messages into [`KernelEvent`]s
+//! - `parse`: netlink bytes and control messages into [`KernelEvent`]s
 //!   and namespace ids (pure);
-//! - [`socket`]: the subscription itself ([`Events`]);
-//! - [`exit`]: a process's exit ([`ProcessExit`]).
+//! - `socket`: the subscription itself ([`Events`]);
+//! - `exit`: a process's exit ([`ProcessExit`]).
 
 mod exit;
 mod parse;
