@@ -296,7 +296,7 @@ fn repair_latency(node: &Netns, name: &str, addr: IpAddr, limit: Duration) -> Op
         let mut deleted_at = None;
         tokio::time::timeout(limit, async {
             while let Some(event) = events.next().await {
-                match event {
+                match event.kind {
                     KernelEvent::Link {
                         name: n,
                         deleted: true,

@@ -133,6 +133,67 @@ fn drift_is_repaired_without_any_isolate() {
     assert!(daemon.stop());
 }
 
+/// Drift inside a container's namespace makes no event in the node's: the
+/// daemon hears it on its one event socket, tagged with the container's
+/// namespace id. The resync is an hour away, so only that event can repair
+/// it within the wait.
+#[test]
+fn drift_inside_a_container_is_repaired_by_its_event_alone() {
+    if !require_root() {
+        return;
+    }
+    const EVENT_LIMIT: Duration = Duration::from_secs(10);
+    let agent = Agent::new("ctrdrift", 1);
+    let daemon = agent.start_daemon_with(&[("CALICO_MESOS_RESYNC_INTERVAL", "1h")]);
+    let a = agent.launch(0, &["app"]);
+    let b = agent.launch(1, &["app"]);
+    let v4 = format!("{}/32", a.v4);
+    type Break<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let breaks: [Break; 3] = [
+        (
+            "delete the container's IPv4 address",
+            Box::new(|| {
+                a.container
+                    .exec_ok(&["ip", "addr", "del", &v4, "dev", "eth0"]);
+            }),
+        ),
+        (
+            "delete the container's default route",
+            Box::new(|| {
+                a.container.exec_ok(&["ip", "route", "del", "default"]);
+            }),
+        ),
+        (
+            "set the container's eth0 down",
+            Box::new(|| {
+                a.container.exec_ok(&["ip", "link", "set", "eth0", "down"]);
+            }),
+        ),
+    ];
+    for (what, break_it) in &breaks {
+        assert!(healthy(&agent, &a, &b), "healthy before: {what}");
+        break_it();
+        let repaired = wait_until(EVENT_LIMIT, || {
+            let link = a.container.ip_json(&["link", "show", "dev", "eth0"]);
+            let up = link[0]["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "UP"));
+            let addrs = a.container.exec_ok(&["ip", "addr", "show", "dev", "eth0"]);
+            let routes = a.container.exec_ok(&["ip", "route", "show", "default"]);
+            up && addrs.contains(&v4) && routes.contains("169.254.1.1")
+        });
+        let took = repaired.unwrap_or_else(|| {
+            panic!(
+                "{what}: not repaired within {EVENT_LIMIT:?} (the resync is an hour away)\n{}",
+                daemon.log_text()
+            )
+        });
+        println!("time to repair, {what}: {:.1} ms", took.as_secs_f64() * 1e3);
+        assert!(healthy(&agent, &a, &b), "pings after: {what}");
+    }
+    assert!(daemon.stop());
+}
+
 #[test]
 fn daemon_killed_during_concurrent_isolates_converges() {
     if !require_root() {

@@ -1,7 +1,8 @@
 //! `calico-mesos daemon`: the node's reconcile loop, running until told to
 //! stop. Triggers come from kicks (plugin processes), store changes,
-//! kernel events (node and container namespaces), container exits, and a
-//! periodic resync; the runner reconciles each endpoint they name.
+//! kernel events (one socket in the node namespace that hears every
+//! container namespace too), container exits, and a periodic resync; the
+//! runner reconciles each endpoint they name.
 //!
 //! A graceful stop finishes the reconciles in progress and leaves the
 //! dataplane in place.
@@ -13,6 +14,7 @@ use super::index::OwnerIndex;
 use super::kick::{self, KickReply, KickRequest, ServeRequest};
 use super::lock::NodeLock;
 use super::loop_status::{self, LoopStatus};
+use super::nsids::{NsidMap, Origin};
 use super::reconcile::{
     collect_leaked_addresses, list_and_sweep, reconcile_endpoint, reconcile_policy, spec_of,
     NodeContext, Outcome, Sweep,
@@ -27,9 +29,9 @@ use crate::store::mirror::MirroredStore;
 use crate::store::{self, keys, Change, Store, StoreError};
 use anyhow::Context as _;
 use reconcilers::endpoint::Action;
-use reconcilers::events::{Events, KernelEvent, ProcessExit};
+use reconcilers::events::{Event, Events, KernelEvent, ProcessExit};
 use reconcilers::policy::{NftEvent, NftEvents};
-use reconcilers::{NetnsRef, HOST_IFNAME_PREFIX};
+use reconcilers::HOST_IFNAME_PREFIX;
 use std::collections::HashMap;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -86,8 +88,18 @@ struct Shared {
         )>,
     >,
     index: OwnerIndex,
-    /// Container ids with a live watcher, and the namespace it watches.
+    /// Container ids with a live watch of their process's exit, and the
+    /// namespace they had then.
     watchers: Mutex<HashMap<String, (NetnsId, AbortHandle)>>,
+    /// The container each namespace id (the tag on kernel events from
+    /// inside containers) names.
+    nsids: NsidMap,
+    /// The id the node's namespace has for itself, if any: its own events
+    /// carry it then (see `EndpointDataplane::node_nsid`).
+    node_nsid: Mutex<Option<i32>>,
+    /// Kernel events from namespaces no endpoint accounts for (the node's
+    /// gateway, a container not yet Ready, one just gone), ignored.
+    unattributed: std::sync::atomic::AtomicU64,
     triggers: mpsc::WeakSender<Trigger<Work>>,
     started_ms: u64,
     /// Endpoints known right without looking (see [`Freshness`]).
@@ -143,6 +155,9 @@ pub async fn run(
         allocations: Mutex::new(Vec::new()),
         index: OwnerIndex::default(),
         watchers: Mutex::new(HashMap::new()),
+        nsids: NsidMap::default(),
+        node_nsid: Mutex::new(None),
+        unattributed: Default::default(),
         triggers: tx.downgrade(),
         started_ms: endpoint::now_ms(),
         fresh: Freshness::default(),
@@ -188,7 +203,7 @@ pub async fn run(
     let (stop_accepting, stopping) = watch::channel(false);
     let mut accepting = tokio::spawn(accept(listener, shared.clone(), tx.clone(), stopping));
     tasks.spawn(watch_store(shared.clone(), tx.clone(), revision));
-    tasks.spawn(watch_node(shared.clone(), tx.clone()));
+    tasks.spawn(watch_kernel(shared.clone(), tx.clone()));
     tasks.spawn(keep_alive(shared.clone(), liveness));
     if shared.ctx.policy.is_some() {
         tasks.spawn(watch_nftables(shared.clone(), tx.clone()));
@@ -283,13 +298,17 @@ impl Shared {
         }
         let key = keys::endpoint(&self.ctx.node, &cid);
         match outcome {
-            Outcome::Ready { generation, .. } => {
+            Outcome::Ready {
+                generation,
+                container_nsid,
+                ..
+            } => {
                 let reconciled_us = started.elapsed().as_micros() as u64;
-                match self.clone().watch(&cid).await {
+                match self.clone().watch(&cid, container_nsid) {
                     // Right now, and every later change will be seen.
                     Ok(()) => self.fresh.verified(&cid, generation, token),
                     Err(e) => {
-                        tracing::debug!(container = %cid, error = %e, "no event watch inside the container")
+                        tracing::debug!(container = %cid, error = %e, "the container is not watched; the resync re-checks it")
                     }
                 }
                 tracing::debug!(container = %cid, reconciled_us, took_us = started.elapsed().as_micros() as u64, "reconciled and watched");
@@ -344,9 +363,14 @@ impl Shared {
         }
     }
 
-    /// Watches the container's namespace for changes and its process for
-    /// its exit; either re-enqueues the endpoint.
-    async fn watch(self: Arc<Self>, cid: &str) -> anyhow::Result<()> {
+    /// Watches the container: events from inside its namespace (id
+    /// `nsid` in the node's, heard by the node's one event socket, see
+    /// [`watch_kernel`]) and its process's exit; either re-enqueues the
+    /// endpoint. Nothing of ours stays open in the container's namespace
+    /// (a pidfd refers to the process), so it is free to go when the
+    /// process exits. Fails when either cannot be watched: the endpoint
+    /// is then not counted as fresh.
+    fn watch(self: Arc<Self>, cid: &str, nsid: Option<i32>) -> anyhow::Result<()> {
         let key = keys::endpoint(&self.ctx.node, cid);
         let ep = match self.index.endpoint(&key) {
             Some(ep) => ep,
@@ -358,41 +382,22 @@ impl Shared {
                 None => return Ok(()),
             },
         };
+        let Some(nsid) = nsid else {
+            anyhow::bail!("the node has no id for the container's namespace");
+        };
+        self.nsids.insert(nsid, cid);
         if let Some((netns, task)) = self.watchers.lock().expect("watchers lock").get(cid) {
             if *netns == ep.netns && !task.is_finished() {
                 return Ok(());
             }
         }
-        let ns = NetnsRef {
-            pid: ep.netns.pid,
-            inode: ep.netns.inode,
-        };
-        let mut events = self.ctx.dataplane.container_events(&ns).await?;
-        let exit = ProcessExit::watch(ns.pid)?;
+        let exit = ProcessExit::watch(ep.netns.pid)?;
         let shared = self.clone();
         let id = cid.to_string();
         let task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    event = events.next() => match event {
-                        Some(_) => {
-                            shared.fresh.touch(&id);
-                            shared.trigger(id.clone(), EVENT_DELAY, false);
-                        }
-                        None => {
-                            shared.fresh.touch(&id);
-                            break;
-                        }
-                    },
-                    () = exit.exited() => {
-                        // Closing our socket lets the namespace go.
-                        drop(events);
-                        shared.fresh.touch(&id);
-                        shared.trigger(id.clone(), Duration::ZERO, false);
-                        break;
-                    }
-                }
-            }
+            exit.exited().await;
+            shared.fresh.touch(&id);
+            shared.trigger(id, Duration::ZERO, false);
         });
         if let Some((_, old)) = self
             .watchers
@@ -406,6 +411,7 @@ impl Shared {
     }
 
     fn unwatch(&self, cid: &str) {
+        self.nsids.remove(cid);
         if let Some((_, task)) = self.watchers.lock().expect("watchers lock").remove(cid) {
             task.abort();
         }
@@ -424,6 +430,10 @@ impl Shared {
             tracing::info!(actions = %describe(&strays), "removed links and routes no endpoint accounts for");
         }
         self.collect_leaks();
+        match self.ctx.dataplane.node_nsid().await {
+            Ok(nsid) => *self.node_nsid.lock().expect("node nsid lock") = nsid,
+            Err(e) => tracing::warn!(error = %e, "cannot read the node namespace's id for itself"),
+        }
         self.index.replace_all(endpoints.iter().cloned());
         let total = endpoints.len();
         // Stale endpoints, and fresh ones whose node side the inventory
@@ -438,7 +448,13 @@ impl Shared {
                         .host_side_matches(&spec_of(ep), &inventory)
             })
             .collect();
-        tracing::debug!(total, stale = stale.len(), "resync");
+        tracing::debug!(
+            total,
+            stale = stale.len(),
+            watched = self.nsids.len(),
+            unattributed_events = self.unattributed.load(std::sync::atomic::Ordering::Relaxed),
+            "resync"
+        );
         // Every commit to nftables makes an event, so the table is read
         // back (costly on a big node) only every READ_BACK_EVERY resyncs,
         // in case events were lost unnoticed; the other resyncs compare
@@ -920,10 +936,12 @@ async fn watch_nftables(shared: Arc<Shared>, tx: Triggers) {
     std::future::pending::<()>().await;
 }
 
-/// Follows the node namespace's kernel events: a change to one of our
-/// links, or to a route for a container address, re-enqueues its endpoint.
-async fn watch_node(shared: Arc<Shared>, tx: Triggers) {
-    let mut events = match Events::node() {
+/// Follows the kernel's events, of the node namespace and (tagged with
+/// their namespace's id) of every container's, on one socket: a change
+/// inside a container re-enqueues its endpoint; in the node, a change to
+/// one of our links, or to a route for a container address, does.
+async fn watch_kernel(shared: Arc<Shared>, tx: Triggers) {
+    let mut events = match Events::all_namespaces() {
         Ok(events) => events,
         Err(e) => {
             tracing::error!(error = %e, "cannot subscribe to kernel events; relying on the resync");
@@ -931,7 +949,34 @@ async fn watch_node(shared: Arc<Shared>, tx: Triggers) {
             return;
         }
     };
-    while let Some(event) = events.next().await {
+    while let Some(Event { nsid, kind: event }) = events.next().await {
+        if let KernelEvent::Overrun = event {
+            tracing::warn!("kernel events were lost; every endpoint will be re-checked");
+            shared.fresh.touch_all();
+            shared.trigger_work(Work::Fabric, EVENT_DELAY);
+            continue;
+        }
+        let node_nsid = *shared.node_nsid.lock().expect("node nsid lock");
+        match shared.nsids.origin(nsid, node_nsid) {
+            Origin::Node => {}
+            // Inside a container: any change there is worth a look.
+            Origin::Container(cid) => {
+                shared.fresh.touch(&cid);
+                shared.trigger(cid, EVENT_DELAY, false);
+                continue;
+            }
+            Origin::Unknown(nsid) => {
+                shared
+                    .unattributed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::trace!(
+                    nsid,
+                    ?event,
+                    "event from a namespace no endpoint accounts for"
+                );
+                continue;
+            }
+        }
         let owner = match &event {
             KernelEvent::Link { name, .. } if name.starts_with(HOST_IFNAME_PREFIX) => {
                 shared.index.owner_of_link(name)
@@ -943,12 +988,6 @@ async fn watch_node(shared: Arc<Shared>, tx: Triggers) {
             }
             _ => None,
         };
-        if let KernelEvent::Overrun = event {
-            tracing::warn!("kernel events were lost; every endpoint will be re-checked");
-            shared.fresh.touch_all();
-            shared.trigger_work(Work::Fabric, EVENT_DELAY);
-            continue;
-        }
         // A route of ours that no endpoint owns may be a fabric route (our
         // own changes echo here too: the extra run finds nothing to do).
         if let (

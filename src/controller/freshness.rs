@@ -1,6 +1,7 @@
 //! Which endpoints the daemon knows to be right in the kernel without
 //! looking: verified by a reconcile, with every kernel event about them
-//! watched since (node events, and a subscription inside the container).
+//! watched since (the node's one event socket, which hears the node and
+//! every container namespace).
 //! A resync reconciles only the others, so a resync that finds no drift
 //! costs almost nothing; kernel events and event overruns make endpoints
 //! stale again.

@@ -13,6 +13,7 @@ pub mod index;
 pub mod kick;
 pub mod lock;
 pub mod loop_status;
+pub mod nsids;
 pub mod reconcile;
 pub mod runner;
 pub mod scheduler;

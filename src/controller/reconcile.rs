@@ -188,6 +188,9 @@ pub enum Outcome {
         actions: Vec<Action>,
         /// The generation of intent now in place.
         generation: u64,
+        /// The id the node's namespace has for the container's (see
+        /// [`reconcilers::endpoint::Ensured::container_nsid`]).
+        container_nsid: Option<i32>,
     },
     /// Cleanup done: dataplane removed, addresses released, record deleted.
     Removed {
@@ -338,6 +341,7 @@ pub async fn reconcile_endpoint(
             Ok(Outcome::Ready {
                 actions: done.actions,
                 generation: ep.value.generation,
+                container_nsid: done.container_nsid,
             })
         }
         Err(message) => {

@@ -118,6 +118,13 @@ pub struct Ensured {
     /// The container's eth0 MAC as `aa:bb:..` (unknown in a dry run that
     /// would create the pair).
     pub container_mac: Option<String>,
+    /// The id the node's namespace has for the container's (`None` only
+    /// in a dry run that would create the pair): how the node's one event
+    /// socket ([`crate::events::Events::all_namespaces`]) names events
+    /// from inside this container. Read (`RTM_GETNSID`) by the same
+    /// observation that checks the pair, never assumed; the kernel gives
+    /// the container's namespace one when the veth's peer is placed in it.
+    pub container_nsid: Option<i32>,
 }
 
 /// What the node has that looks like ours: for the resync, which removes
@@ -245,14 +252,11 @@ impl EndpointDataplane {
         })
     }
 
-    /// A subscription to the kernel's events inside a container's
-    /// namespace (see [`crate::events::Events::container`]), its socket
-    /// made by this dataplane's visitor thread.
-    pub async fn container_events(
-        &self,
-        ns: &NetnsRef,
-    ) -> Result<crate::events::Events, NetnsError> {
-        crate::events::Events::container(&*self.visitor()?, ns).await
+    /// The id the node's namespace has for itself, if anyone gave it one
+    /// (`ip netns set` can): the node's event socket then sees its own
+    /// events tagged with it, as if from a peer.
+    pub async fn node_nsid(&self) -> Result<Option<i32>, EndpointError> {
+        Ok(observe::nsid_of(&self.node, &self.home, std::process::id()).await?)
     }
 
     /// Reads the kernel for one endpoint.
@@ -291,6 +295,7 @@ impl EndpointDataplane {
                 .as_ref()
                 .and_then(|l| l.mac.as_deref())
                 .map(format_mac),
+            container_nsid: observed.container_nsid,
         };
         if dry_run || ensured.actions.is_empty() {
             return Ok(ensured);
@@ -320,6 +325,8 @@ impl EndpointDataplane {
             .as_ref()
             .and_then(|l| l.mac.as_deref())
             .map(format_mac);
+        // A converged pair implies an id (see `is_pair`).
+        ensured.container_nsid = after.container_nsid;
         Ok(ensured)
     }
 

@@ -1,0 +1,68 @@
+//! Kernel events: one netlink multicast subscription (links, addresses,
+//! routes) in the node's namespace that also hears every container's
+//! namespace, each event tagged with the id the node has for the namespace
+//! it happened in; and the exit of a container's process (a pidfd). The
+//! daemon turns them into the keys of the endpoints to re-check; this
+//! module only reports what changed, and where.
+//!
+//! - `parse`: netlink bytes and control messages into [`KernelEvent`]s
+//!   and namespace ids (pure);
+//! - `socket`: the subscription itself ([`Events`]);
+//! - `exit`: a process's exit ([`ProcessExit`]).
+
+mod exit;
+mod parse;
+mod socket;
+
+pub use exit::ProcessExit;
+pub use socket::Events;
+
+use std::net::IpAddr;
+
+/// Something changed in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelEvent {
+    /// A link appeared, changed or went.
+    Link {
+        /// Its name.
+        name: String,
+        /// Its index.
+        index: u32,
+        /// True when it was deleted.
+        deleted: bool,
+    },
+    /// A route appeared, changed or went.
+    Route {
+        /// Destination.
+        dst: IpAddr,
+        /// Destination prefix length.
+        prefix_len: u8,
+        /// Route protocol.
+        protocol: u8,
+        /// Output interface.
+        oif: Option<u32>,
+        /// True when it was deleted.
+        deleted: bool,
+    },
+    /// The kernel dropped events (the socket's buffer overran): anything
+    /// may have changed unseen, in any namespace listened to.
+    Overrun,
+    /// An address was added to or removed from a link.
+    Address {
+        /// The link's index.
+        index: u32,
+        /// True when it was removed.
+        deleted: bool,
+    },
+}
+
+/// One event and where it happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The id the subscribing namespace has for the namespace the event
+    /// happened in; `None` for the subscribing namespace itself (and for
+    /// [`KernelEvent::Overrun`], which concerns the socket).
+    pub nsid: Option<i32>,
+    /// What changed.
+    pub kind: KernelEvent,
+}
