@@ -2,8 +2,7 @@
 //! ([`Converge`]). From a process of its own ([`KickOrInline`]): ask the
 //! node's daemon (a kick), or, when no daemon runs, reconcile in this
 //! process under the node lock. Inside the daemon, the daemon's own runner
-//! does it. Every way, the same
-//! [`reconcile_endpoint`](super::reconcile::reconcile_endpoint) runs.
+//! does it. Every way, the same [`reconcile_endpoint`] runs.
 
 use super::kick::{kick, KickError};
 use super::lock::NodeLock;

@@ -3,7 +3,7 @@
 //! and borrows from other nodes' blocks only when no block is left to claim.
 //! Every address is held under a handle (the net-modules `uid`).
 //!
-//! Every change reads what it needs, edits it in a [`draft::Draft`], and
+//! Every change reads what it needs, edits it in a draft (`draft::Draft`), and
 //! commits one transaction guarded by the revisions it read, so two writers
 //! (processes, or nodes on etcd) can never hand out the same address. This
 //! module owns pools, blocks and handles; it knows nothing of Mesos.
