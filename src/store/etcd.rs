@@ -415,8 +415,18 @@ impl EtcdStore {
                 let _ = tx.send(answer);
             }
         });
-        rx.recv_timeout(timeout + HANDOVER)
-            .map_err(|_| unavailable(&location, format!("no answer within {timeout:?}")))?
+        let wait = || rx.recv_timeout(timeout + HANDOVER);
+        // On a worker of a multi-thread runtime (the daemon's), the wait
+        // holds that worker: during an outage every write waits out the
+        // timeout, and two such waits would stall all of the daemon's
+        // tasks (its answers to plugins included). block_in_place hands
+        // the worker's other tasks to another thread meanwhile.
+        let answer = if on_multi_thread_runtime() {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        };
+        answer.map_err(|_| unavailable(&location, format!("no answer within {timeout:?}")))?
     }
 
     fn lock_log(&self) -> MutexGuard<'_, WatchLog> {
@@ -785,16 +795,16 @@ impl Store for EtcdStore {
                 .expect("watch log mutex poisoned")
                 .0;
         }
-        if revision < log.floor {
-            return Err(StoreError::Compacted {
-                requested: revision,
-                compacted: log.floor,
-            });
+        logged_since(&log, revision)
+    }
+
+    fn changes_delivered_since(&self, revision: Revision) -> Result<Changes, StoreError> {
+        let log = self.lock_log();
+        if !log.started {
+            drop(log);
+            return self.changes_since(revision); // starts the feed
         }
-        Ok(Changes {
-            revision: revision.max(log.seen),
-            changes: log.since(revision),
-        })
+        logged_since(&log, revision)
     }
 
     fn location(&self) -> String {
@@ -908,4 +918,26 @@ impl Store for EtcdStore {
             Ok(())
         })
     }
+}
+
+/// What the watch's log holds after `revision`, up to what it has seen.
+fn logged_since(log: &WatchLog, revision: Revision) -> Result<Changes, StoreError> {
+    if revision < log.floor {
+        return Err(StoreError::Compacted {
+            requested: revision,
+            compacted: log.floor,
+        });
+    }
+    Ok(Changes {
+        revision: revision.max(log.seen),
+        changes: log.since(revision),
+    })
+}
+
+/// True on a thread of a multi-thread tokio runtime, where a blocking wait
+/// must go through `block_in_place` (which would panic on a current-thread
+/// runtime, and is not needed outside any runtime).
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }

@@ -101,7 +101,9 @@ impl MirroredStore {
         if *self.delivered.borrow() <= replica.revision {
             return Ok(());
         }
-        let changes = self.inner.changes_since(replica.revision)?;
+        // What the feed holds now: during an outage, waiting for it to
+        // reconnect would stall every read (the replica's lock is held).
+        let changes = self.inner.changes_delivered_since(replica.revision)?;
         replica.apply_changes(&changes);
         Ok(())
     }
@@ -170,6 +172,10 @@ impl Store for MirroredStore {
 
     fn changes_since(&self, revision: Revision) -> Result<Changes, StoreError> {
         self.inner.changes_since(revision)
+    }
+
+    fn changes_delivered_since(&self, revision: Revision) -> Result<Changes, StoreError> {
+        self.inner.changes_delivered_since(revision)
     }
 
     fn location(&self) -> String {

@@ -247,6 +247,13 @@ pub trait Store: Send + Sync {
     fn revision(&self) -> Result<Revision, StoreError>;
     /// What changed after `revision` (exclusive).
     fn changes_since(&self, revision: Revision) -> Result<Changes, StoreError>;
+    /// Like [`Store::changes_since`], but never waits: what the store's
+    /// change feed has delivered so far. For a reader that applies its own
+    /// writes itself (the daemon's replica), which must not stall during an
+    /// outage. Stores without a feed of their own answer `changes_since`.
+    fn changes_delivered_since(&self, revision: Revision) -> Result<Changes, StoreError> {
+        self.changes_since(revision)
+    }
     /// Where the store is, for messages (a URL, never a secret).
     fn location(&self) -> String;
     /// A signal that moves (to the newest revision seen) whenever the store
@@ -286,6 +293,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn changes_since(&self, revision: Revision) -> Result<Changes, StoreError> {
         (**self).changes_since(revision)
+    }
+    fn changes_delivered_since(&self, revision: Revision) -> Result<Changes, StoreError> {
+        (**self).changes_delivered_since(revision)
     }
     fn location(&self) -> String {
         (**self).location()
