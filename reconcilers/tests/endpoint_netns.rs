@@ -3,20 +3,11 @@
 
 use reconcilers::endpoint::{host_ifname, EndpointDataplane, EndpointSpec};
 use reconcilers::{NetnsRef, ROUTE_PROTOCOL};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use testsupport::{ping, require_root, Container, Node};
 
-fn spec(c: &Container, id: &str, n: u8) -> EndpointSpec {
-    EndpointSpec {
-        container_id: id.to_string(),
-        netns: NetnsRef {
-            pid: c.pid(),
-            inode: c.inode(),
-        },
-        ipv4: vec![Ipv4Addr::new(198, 18, 0, n)],
-        ipv6: vec![Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, n as u16)],
-    }
-}
+mod common;
+use common::spec;
 
 /// Runs `f` with a reconciler inside the node namespace. The runtime is
 /// built outside it: tokio's first IO runtime makes a process-wide socket

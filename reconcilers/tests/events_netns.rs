@@ -3,24 +3,13 @@
 //! the id the node has for that container's namespace, as `ensure` learnt
 //! it, and nothing arrives tagged with another container's.
 
-use reconcilers::endpoint::{host_ifname, EndpointDataplane, EndpointSpec};
+use reconcilers::endpoint::{host_ifname, EndpointDataplane};
 use reconcilers::events::{Event, Events, KernelEvent};
-use reconcilers::NetnsRef;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 use testsupport::{require_root, Container, Node};
 
-fn spec(c: &Container, id: &str, n: u8) -> EndpointSpec {
-    EndpointSpec {
-        container_id: id.to_string(),
-        netns: NetnsRef {
-            pid: c.pid(),
-            inode: c.inode(),
-        },
-        ipv4: vec![Ipv4Addr::new(198, 18, 0, n)],
-        ipv6: vec![Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, n as u16)],
-    }
-}
+mod common;
+use common::spec;
 
 /// Every event that arrives within `window` (bounded by it).
 async fn collect(events: &mut Events, window: Duration) -> Vec<Event> {

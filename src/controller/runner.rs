@@ -155,6 +155,21 @@ mod tests {
         }
     }
 
+    /// Triggers `key` now with a waiter; the receiver of its run's result.
+    async fn trigger_and_wait(
+        tx: &mpsc::Sender<Trigger<String>>,
+        key: &str,
+    ) -> oneshot::Receiver<RunResult> {
+        let (done_tx, done_rx) = oneshot::channel();
+        tx.send(Trigger {
+            done: Some(done_tx),
+            ..Trigger::now(key.to_string())
+        })
+        .await
+        .unwrap();
+        done_rx
+    }
+
     #[tokio::test(start_paused = true)]
     async fn duplicate_triggers_run_once() {
         let log: Log = Default::default();
@@ -208,13 +223,7 @@ mod tests {
         let runner = tokio::spawn(run(rx, 4, recorder(log.clone(), 0, Instant::now())));
         tx.send(Trigger::now("a".to_string())).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await; // "a" is running
-        let (done_tx, done_rx) = oneshot::channel();
-        tx.send(Trigger {
-            done: Some(done_tx),
-            ..Trigger::now("a".to_string())
-        })
-        .await
-        .unwrap();
+        let done_rx = trigger_and_wait(&tx, "a").await;
         assert_eq!(done_rx.await.unwrap(), Ok(()));
         assert_eq!(
             log.lock().unwrap().len(),
@@ -230,13 +239,7 @@ mod tests {
         let log: Log = Default::default();
         let (tx, rx) = mpsc::channel(16);
         let runner = tokio::spawn(run(rx, 4, recorder(log.clone(), 1, Instant::now())));
-        let (done_tx, done_rx) = oneshot::channel();
-        tx.send(Trigger {
-            done: Some(done_tx),
-            ..Trigger::now("a".to_string())
-        })
-        .await
-        .unwrap();
+        let done_rx = trigger_and_wait(&tx, "a").await;
         assert_eq!(done_rx.await.unwrap(), Err("boom".to_string()));
         assert_eq!(log.lock().unwrap().len(), 1, "told after the failed run");
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -285,13 +288,7 @@ mod tests {
                 Ok(())
             }
         }));
-        let (done_tx, done_rx) = oneshot::channel();
-        tx.send(Trigger {
-            done: Some(done_tx),
-            ..Trigger::now("a".to_string())
-        })
-        .await
-        .unwrap();
+        let done_rx = trigger_and_wait(&tx, "a").await;
         // The waiter of the panicked run is told so; the key is retried.
         assert_eq!(
             done_rx.await.unwrap(),
