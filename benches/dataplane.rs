@@ -30,7 +30,7 @@
 //! with the daemon, policy enforced), and on that node afterwards
 //! `cleanup`, `repair`, `resync`, `rebuild` (each implies `daemon`). The
 //! rows of phases not run show "—". `DATAPLANE_DAEMON_LOG=PATH` appends
-//! the daemons' logs, at debug level (the stages of each isolate, with
+//! the daemons' (and the rebuild's) logs, at debug level (the stages of each isolate, with
 //! their times) or `DATAPLANE_DAEMON_LOG_LEVEL`, to PATH. For the isolate
 //! target alone:
 //!
@@ -40,7 +40,10 @@ mod common;
 
 use calico_mesos::ipam::{self, Request};
 use calico_mesos::store::sqlite::SqliteStore;
-use common::{in_netns, median, ms, p99, teardown, timed, window, Daemon, Spawn, BIN};
+use common::{
+    children_cpu_time, in_netns, median, ms, p99, teardown, timed, wait_quiet, window, Daemon,
+    Spawn, BIN,
+};
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -115,20 +118,27 @@ impl Env {
     }
 
     /// Starts this agent's daemon in `node` with `extra` environment (and
-    /// its log at debug level in `DATAPLANE_DAEMON_LOG`, when set).
+    /// its log in `DATAPLANE_DAEMON_LOG`, when set).
     fn daemon(&self, node: &Netns, extra: &[(&str, &str)]) -> Daemon {
         let mut cmd = self.command(node);
         cmd.arg("daemon")
             .envs(extra.iter().copied())
             .stderr(Stdio::null());
-        if let Ok(log) = std::env::var("DATAPLANE_DAEMON_LOG") {
-            let level = std::env::var("DATAPLANE_DAEMON_LOG_LEVEL");
-            cmd.env("CALICO_MESOS_LOG_FILE", log).env(
-                "CALICO_MESOS_LOG_LEVEL",
-                level.as_deref().unwrap_or("debug"),
-            );
-        }
+        logged(&mut cmd);
         Daemon::start(cmd, &self.dir.path().join("run/daemon.sock"))
+    }
+}
+
+/// Has `cmd` (a daemon, or the rebuild's `reconcile`) append its log to
+/// `DATAPLANE_DAEMON_LOG` at `DATAPLANE_DAEMON_LOG_LEVEL` (default debug),
+/// when set.
+fn logged(cmd: &mut Command) {
+    if let Ok(log) = std::env::var("DATAPLANE_DAEMON_LOG") {
+        let level = std::env::var("DATAPLANE_DAEMON_LOG_LEVEL");
+        cmd.env("CALICO_MESOS_LOG_FILE", log).env(
+            "CALICO_MESOS_LOG_LEVEL",
+            level.as_deref().unwrap_or("debug"),
+        );
     }
 }
 
@@ -173,12 +183,20 @@ struct Fleet {
     containers: Vec<(Container, String, IpAddr)>,
 }
 
+/// Waits for the kernel to finish destroying the namespaces of earlier
+/// phases before a phase starts (see [`wait_quiet`]).
+fn settle() {
+    let waited = wait_quiet(Duration::from_secs(120));
+    eprintln!("waited {} for the machine to be quiet", ms(waited));
+}
+
 fn fill(
     tag: &str,
     n: usize,
     with_daemon: bool,
     policy: &'static str,
 ) -> (Fleet, Vec<Duration>, Option<Daemon>) {
+    settle();
     let env = Env::new(policy);
     let node = Node::new(tag, 1);
     let daemon = with_daemon.then(|| env.daemon(&node.ns, &[]));
@@ -217,6 +235,7 @@ fn fill_cni(
     Vec<(Container, String)>,
     Vec<Duration>,
 ) {
+    settle();
     let node = Node::new(tag, 1);
     let dir = tempfile::Builder::new()
         .prefix("calico-mesos-bench-cni-")
@@ -348,6 +367,7 @@ fn fill_floor(
     removed: usize,
 ) -> (Node, Vec<Container>, Vec<Duration>, Vec<Duration>) {
     use reconcilers::endpoint::{EndpointDataplane, EndpointSpec};
+    settle();
     let node = Node::new(tag, 1);
     let containers: Vec<Container> = (0..n).map(|_| Container::new(&node.ns)).collect();
     // Built here, outside the node namespace (see `repair_latency`).
@@ -685,13 +705,18 @@ fn main() {
         "the kernel took {} to destroy the old node namespace",
         ms(gone)
     );
+    settle();
     let node = Node::new("breboot", 1);
     let mut cmd = env.command(&node.ns);
     cmd.arg("reconcile");
+    logged(&mut cmd);
+    let cpu = children_cpu_time();
     let (took, out) = timed(cmd, "");
+    let cpu = children_cpu_time() - cpu;
     println!(
-        "| rebuild every endpoint with `reconcile` after a reboot ({live_count} endpoints) | {} | — | ≤ 2 s |",
-        ms(took)
+        "| rebuild every endpoint with `reconcile` after a reboot ({live_count} endpoints); its CPU (user + system) | {}; CPU {} | — | ≤ 2 s |",
+        ms(took),
+        ms(cpu)
     );
     assert!(out.contains("0 failed"), "{out}");
     drop((containers, node, env));

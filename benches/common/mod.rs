@@ -109,6 +109,65 @@ pub fn timed(mut cmd: Command, input: &str) -> (Duration, String) {
     (took, stdout)
 }
 
+/// Busy and total CPU time of the whole machine so far, in clock ticks
+/// (the `cpu` line of `/proc/stat`; idle and I/O wait are not busy).
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Waits (at most `limit`) until the machine is quiet: two half-seconds in
+/// a row with under 10% of its CPU busy. The kernel destroys a network
+/// namespace in the background, well after its last process exited, and
+/// the namespaces of a thousand containers keep a core busy for seconds
+/// (every device's IPv6 routes are walked as it goes): without this, one
+/// phase's teardown is measured as the next phase's slowness. Returns how
+/// long it waited.
+pub fn wait_quiet(limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut quiet = 0;
+    let mut last = machine_ticks();
+    while quiet < 2 && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = machine_ticks();
+        let (busy, total) = (now.0 - last.0, now.1 - last.1);
+        quiet = if total > 0 && busy * 10 < total {
+            quiet + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+    if quiet < 2 {
+        eprintln!("the machine was still busy after {limit:?}; measuring anyway");
+    }
+    start.elapsed()
+}
+
+/// CPU time (user + system) of the children this process has waited for,
+/// so far (`getrusage(RUSAGE_CHILDREN)`): the difference around one
+/// [`timed`] is that process's CPU.
+pub fn children_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 /// The median (the upper one of an even count).
 pub fn median(v: &[Duration]) -> Duration {
     let mut v = v.to_vec();

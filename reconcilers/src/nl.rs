@@ -6,7 +6,7 @@ use futures::StreamExt;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr, TokioSocket};
 use rtnetlink::Handle;
 use std::net::IpAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -58,6 +58,8 @@ pub(crate) struct Conn {
     /// The kernel runs one dump per socket at a time (a second one gets
     /// EBUSY): dumps take turns, other requests go concurrently.
     dump_turn: tokio::sync::Mutex<()>,
+    /// The socket's port id in its namespace (see [`port_id`]).
+    port_id: u32,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -67,9 +69,39 @@ impl Drop for Conn {
     }
 }
 
-fn new_socket() -> std::io::Result<Socket> {
+/// The port id this process binds its sockets in container namespaces to:
+/// chosen at random, once, from the range the kernel's own autobind falls
+/// back to (negative as an `i32`, below -4096), so that no other process's
+/// socket there is likely to have it. The kernel stamps it on every
+/// notification of a change our requests make (`nlmsg_pid`), which lets
+/// the daemon tell its own changes' echoes from anyone else's. (The node's
+/// sockets keep the port id the kernel gives them: they stay open, so it
+/// is theirs alone; see [`Conn::port_id`].)
+pub fn container_port_id() -> u32 {
+    static PORT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    // i32::MIN ..= -4097, as the kernel's autobind picks.
+    *PORT.get_or_init(|| fastrand::i32(i32::MIN..=-4097) as u32)
+}
+
+/// A netlink route socket in the calling thread's namespace, bound to
+/// `port` when given and free there (else to whatever the kernel picks).
+fn new_socket(port: Option<u32>) -> std::io::Result<Socket> {
     let mut s = Socket::new(NETLINK_ROUTE)?;
-    s.bind_auto()?;
+    match port {
+        Some(port) => match s.bind(&SocketAddr::new(port, 0)) {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+                tracing::debug!(
+                    port,
+                    "port id taken in this namespace; the kernel picks one"
+                );
+                s.bind_auto()?;
+            }
+            other => other?,
+        },
+        None => {
+            s.bind_auto()?;
+        }
+    }
     // Strict checking makes the kernel filter dumps by the header fields
     // and attributes we set (table, protocol, output interface) instead of
     // silently returning everything.
@@ -78,7 +110,9 @@ fn new_socket() -> std::io::Result<Socket> {
     Ok(s)
 }
 
-fn wrap(sock: Socket) -> Conn {
+fn wrap(sock: Socket) -> std::io::Result<Conn> {
+    let mut bound = SocketAddr::new(0, 0);
+    sock.get_address(&mut bound)?;
     let fd = sock.into_raw_fd();
     // SAFETY: `fd` was just released by `into_raw_fd` of a valid netlink
     // socket, so ownership passes to the TokioSocket exactly once. We are
@@ -86,34 +120,41 @@ fn wrap(sock: Socket) -> Conn {
     let tokio_sock = unsafe { TokioSocket::from_raw_fd(fd) };
     let (conn, handle, _) = rtnetlink::from_socket(tokio_sock);
     let task = tokio::spawn(conn);
-    Conn {
+    Ok(Conn {
         handle,
         dump_turn: tokio::sync::Mutex::new(()),
+        port_id: bound.port_number(),
         task,
-    }
+    })
 }
 
 impl Conn {
     /// A connection in the calling thread's network namespace.
     pub fn current() -> Result<Conn, NlError> {
-        Ok(wrap(
-            new_socket().map_err(|source| NlError::Socket { source })?,
-        ))
+        new_socket(None)
+            .and_then(wrap)
+            .map_err(|source| NlError::Socket { source })
     }
 
     /// A connection in the namespace `ns` refers to, its socket made by
-    /// `visitor` while inside it.
+    /// `visitor` while inside it and bound to [`container_port_id`].
     pub async fn in_ns_via(
         visitor: &NsVisitor,
         ns: &std::fs::File,
         label: &str,
     ) -> Result<Conn, NlError> {
         let sock = visitor
-            .run_in(ns, label, new_socket)
+            .run_in(ns, label, || new_socket(Some(container_port_id())))
             .await
             .map_err(|source| NlError::Namespace { source })?
             .map_err(|source| NlError::Socket { source })?;
-        Ok(wrap(sock))
+        wrap(sock).map_err(|source| NlError::Socket { source })
+    }
+
+    /// The socket's port id in its namespace: the `nlmsg_pid` of the
+    /// notifications of the changes made through it.
+    pub fn port_id(&self) -> u32 {
+        self.port_id
     }
 }
 

@@ -8,6 +8,7 @@
 //! dataplane in place.
 
 use super::converge::{Converge, ConvergeError, Reconciler};
+use super::echoes::OwnRequests;
 use super::fabric::FabricView;
 use super::freshness::Freshness;
 use super::index::OwnerIndex;
@@ -100,6 +101,10 @@ struct Shared {
     /// Kernel events from namespaces no endpoint accounts for (the node's
     /// gateway, a container not yet Ready, one just gone), ignored.
     unattributed: std::sync::atomic::AtomicU64,
+    /// The port ids our own kernel changes carry (their echoes are skipped).
+    own_requests: OwnRequests,
+    /// Kernel events skipped as echoes of our own changes.
+    echoes: std::sync::atomic::AtomicU64,
     triggers: mpsc::WeakSender<Trigger<Work>>,
     started_ms: u64,
     /// Endpoints known right without looking (see [`Freshness`]).
@@ -147,6 +152,11 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
 
+    let own_requests = OwnRequests::new(
+        std::iter::once(ctx.dataplane.node_port_id())
+            .chain(ctx.fabric.as_ref().map(|f| f.port_id())),
+        reconcilers::events::container_port_id(),
+    );
     let (tx, rx) = mpsc::channel::<Trigger<Work>>(16_384);
     let shared = Arc::new(Shared {
         ctx,
@@ -158,6 +168,8 @@ pub async fn run(
         nsids: NsidMap::default(),
         node_nsid: Mutex::new(None),
         unattributed: Default::default(),
+        own_requests,
+        echoes: Default::default(),
         triggers: tx.downgrade(),
         started_ms: endpoint::now_ms(),
         fresh: Freshness::default(),
@@ -453,6 +465,7 @@ impl Shared {
             stale = stale.len(),
             watched = self.nsids.len(),
             unattributed_events = self.unattributed.load(std::sync::atomic::Ordering::Relaxed),
+            echoes_skipped = self.echoes.load(std::sync::atomic::Ordering::Relaxed),
             "resync"
         );
         // Every commit to nftables makes an event, so the table is read
@@ -949,7 +962,12 @@ async fn watch_kernel(shared: Arc<Shared>, tx: Triggers) {
             return;
         }
     };
-    while let Some(Event { nsid, kind: event }) = events.next().await {
+    while let Some(Event {
+        nsid,
+        requester,
+        kind: event,
+    }) = events.next().await
+    {
         if let KernelEvent::Overrun = event {
             tracing::warn!("kernel events were lost; every endpoint will be re-checked");
             shared.fresh.touch_all();
@@ -957,7 +975,16 @@ async fn watch_kernel(shared: Arc<Shared>, tx: Triggers) {
             continue;
         }
         let node_nsid = *shared.node_nsid.lock().expect("node nsid lock");
-        match shared.nsids.origin(nsid, node_nsid) {
+        let origin = shared.nsids.origin(nsid, node_nsid);
+        if shared.own_requests.made(&origin, requester) {
+            // The reconcile that made this change has read it back.
+            shared
+                .echoes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        }
+        tracing::trace!(?origin, requester, ?event, "kernel event");
+        match origin {
             Origin::Node => {}
             // Inside a container: any change there is worth a look.
             Origin::Container(cid) => {
@@ -988,8 +1015,7 @@ async fn watch_kernel(shared: Arc<Shared>, tx: Triggers) {
             }
             _ => None,
         };
-        // A route of ours that no endpoint owns may be a fabric route (our
-        // own changes echo here too: the extra run finds nothing to do).
+        // A route of ours that no endpoint owns may be a fabric route.
         if let (
             KernelEvent::Route {
                 protocol: reconcilers::ROUTE_PROTOCOL,

@@ -204,6 +204,14 @@ impl EndpointDataplane {
         })
     }
 
+    /// The port id of the node-side netlink socket every change on the
+    /// node side goes through: the requester of their notifications (see
+    /// [`crate::events::Event::requester`]). Inside containers, changes
+    /// go through sockets bound to [`crate::events::container_port_id`].
+    pub fn node_port_id(&self) -> u32 {
+        self.node.port_id()
+    }
+
     /// The visitor thread, started again if it stopped.
     fn visitor(&self) -> Result<std::sync::Arc<NsVisitor>, NetnsError> {
         let mut v = self.visitor.lock().expect("visitor lock");

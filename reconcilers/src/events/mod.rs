@@ -14,6 +14,7 @@ mod exit;
 mod parse;
 mod socket;
 
+pub use crate::nl::container_port_id;
 pub use exit::ProcessExit;
 pub use socket::Events;
 
@@ -63,6 +64,12 @@ pub struct Event {
     /// happened in; `None` for the subscribing namespace itself (and for
     /// [`KernelEvent::Overrun`], which concerns the socket).
     pub nsid: Option<i32>,
+    /// The port id of the netlink socket whose request made the change
+    /// (`nlmsg_pid`), unique among the open sockets of the namespace the
+    /// event happened in; 0 when the kernel made it on its own (and for
+    /// [`KernelEvent::Overrun`]). A subscriber tells its own changes'
+    /// echoes apart by it (see [`container_port_id`]).
+    pub requester: u32,
     /// What changed.
     pub kind: KernelEvent,
 }

@@ -25,10 +25,12 @@ fn nlmsg_align(len: usize) -> usize {
     (len + 3) & !3
 }
 
-/// The events in one datagram, in order. Messages that are not link,
-/// address or route changes (or that cannot be decoded) are skipped; a
-/// truncated message ends the datagram.
-pub(crate) fn kernel_events(datagram: &[u8]) -> Vec<KernelEvent> {
+/// The events in one datagram, in order, each with the port id of the
+/// netlink socket whose request caused it (`nlmsg_pid`; 0 when the kernel
+/// made the change on its own). Messages that are not link, address or
+/// route changes (or that cannot be decoded) are skipped; a truncated
+/// message ends the datagram.
+pub(crate) fn kernel_events(datagram: &[u8]) -> Vec<(u32, KernelEvent)> {
     let mut out = Vec::new();
     let mut rest = datagram;
     while !rest.is_empty() {
@@ -43,7 +45,10 @@ pub(crate) fn kernel_events(datagram: &[u8]) -> Vec<KernelEvent> {
             break;
         }
         match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len]) {
-            Ok(msg) => out.extend(event_of(msg.payload)),
+            Ok(msg) => {
+                let requester = msg.header.port_number;
+                out.extend(event_of(msg.payload).map(|event| (requester, event)));
+            }
             Err(e) => tracing::debug!(error = %e, "undecodable netlink message skipped"),
         }
         rest = rest.get(nlmsg_align(len)..).unwrap_or_default();
@@ -149,60 +154,93 @@ mod tests {
     const DELLINK: &str = include_str!("fixtures/node_dellink_cali.hex");
     const CONTROL_NSID0: &str = include_str!("fixtures/control_nsid0.hex");
 
+    /// The port ids of the `ip` processes whose requests the fixtures
+    /// captured (`ip` binds its socket to its own pid).
+    const IP_ADDR_ADD: u32 = 5609;
+    const IP_ADDR_DEL: u32 = 5610;
+    const IP_ROUTE_ADD: u32 = 5612;
+    /// The port id of changes the kernel made on its own.
+    const KERNEL: u32 = 0;
+
+    /// The events alone, without who asked for them.
+    fn kinds(datagram: &[u8]) -> Vec<KernelEvent> {
+        kernel_events(datagram)
+            .into_iter()
+            .map(|(_, k)| k)
+            .collect()
+    }
+
     #[test]
     fn an_address_added_and_removed_inside_a_container() {
         assert_eq!(
             kernel_events(&hex(NEWADDR)),
-            vec![KernelEvent::Address {
-                index: 2,
-                deleted: false
-            }]
+            vec![(
+                IP_ADDR_ADD,
+                KernelEvent::Address {
+                    index: 2,
+                    deleted: false
+                }
+            )]
         );
         assert_eq!(
             kernel_events(&hex(DELADDR)),
-            vec![KernelEvent::Address {
-                index: 2,
-                deleted: true
-            }]
+            vec![(
+                IP_ADDR_DEL,
+                KernelEvent::Address {
+                    index: 2,
+                    deleted: true
+                }
+            )]
         );
     }
 
     #[test]
-    fn routes_keep_destination_protocol_and_interface() {
+    fn routes_keep_destination_protocol_interface_and_requester() {
         let addr = |s: &str| s.parse::<IpAddr>().unwrap();
-        // The kernel's local route for 198.18.0.7 inside the container.
+        // The kernel's local route for 198.18.0.7 inside the container:
+        // made by the kernel itself.
         assert_eq!(
             kernel_events(&hex(LOCAL_ROUTE)),
-            vec![KernelEvent::Route {
-                dst: addr("198.18.0.7"),
-                prefix_len: 32,
-                protocol: 2,
-                oif: Some(2),
-                deleted: false
-            }]
+            vec![(
+                KERNEL,
+                KernelEvent::Route {
+                    dst: addr("198.18.0.7"),
+                    prefix_len: 32,
+                    protocol: 2,
+                    oif: Some(2),
+                    deleted: false
+                }
+            )]
         );
         // `ip route add 198.18.0.9/32 dev califixture0001 proto 81`.
         assert_eq!(
             kernel_events(&hex(OUR_ROUTE)),
-            vec![KernelEvent::Route {
-                dst: addr("198.18.0.9"),
-                prefix_len: 32,
-                protocol: crate::ROUTE_PROTOCOL,
-                oif: Some(2),
-                deleted: false
-            }]
+            vec![(
+                IP_ROUTE_ADD,
+                KernelEvent::Route {
+                    dst: addr("198.18.0.9"),
+                    prefix_len: 32,
+                    protocol: crate::ROUTE_PROTOCOL,
+                    oif: Some(2),
+                    deleted: false
+                }
+            )]
         );
     }
 
     #[test]
     fn a_deleted_link_keeps_its_name_and_index() {
+        // Deleted by the kernel, as the container's namespace went.
         assert_eq!(
             kernel_events(&hex(DELLINK)),
-            vec![KernelEvent::Link {
-                name: "califixture0001".into(),
-                index: 2,
-                deleted: true
-            }]
+            vec![(
+                KERNEL,
+                KernelEvent::Link {
+                    name: "califixture0001".into(),
+                    index: 2,
+                    deleted: true
+                }
+            )]
         );
     }
 
@@ -213,7 +251,11 @@ mod tests {
         datagram.extend(hex(DELADDR));
         let events = kernel_events(&datagram);
         assert_eq!(events.len(), 3, "{events:?}");
-        assert!(matches!(events[1], KernelEvent::Link { deleted: true, .. }));
+        assert!(matches!(
+            events[1],
+            (KERNEL, KernelEvent::Link { deleted: true, .. })
+        ));
+        assert_eq!(events[2].0, IP_ADDR_DEL);
 
         let cut = &datagram[..datagram.len() - 10];
         assert_eq!(kernel_events(cut).len(), 2, "the cut message is dropped");
@@ -229,7 +271,7 @@ mod tests {
         neigh[4..6].copy_from_slice(&28u16.to_ne_bytes());
         neigh.extend(hex(DELADDR));
         assert_eq!(
-            kernel_events(&neigh),
+            kinds(&neigh),
             vec![KernelEvent::Address {
                 index: 2,
                 deleted: true
@@ -239,7 +281,7 @@ mod tests {
         let mut overrun = vec![0u8; 16];
         overrun[0..4].copy_from_slice(&16u32.to_ne_bytes());
         overrun[4..6].copy_from_slice(&4u16.to_ne_bytes());
-        assert_eq!(kernel_events(&overrun), vec![KernelEvent::Overrun]);
+        assert_eq!(kinds(&overrun), vec![KernelEvent::Overrun]);
     }
 
     /// A control buffer of `(level, type, data)` messages, laid out with

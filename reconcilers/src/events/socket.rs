@@ -121,18 +121,22 @@ impl Events {
                         // Part of the datagram is lost: say so.
                         pending.push_back(Event {
                             nsid: None,
+                            requester: 0,
                             kind: KernelEvent::Overrun,
                         });
                     }
-                    pending.extend(
-                        kernel_events(&datagram[..len])
-                            .into_iter()
-                            .map(|kind| Event { nsid, kind }),
-                    );
+                    pending.extend(kernel_events(&datagram[..len]).into_iter().map(
+                        |(requester, kind)| Event {
+                            nsid,
+                            requester,
+                            kind,
+                        },
+                    ));
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     return Some(Event {
                         nsid: None,
+                        requester: 0,
                         kind: KernelEvent::Overrun,
                     })
                 }

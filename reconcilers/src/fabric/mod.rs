@@ -105,6 +105,12 @@ impl FabricDataplane {
         })
     }
 
+    /// The port id of the netlink socket the fabric's changes go through:
+    /// the requester of their notifications.
+    pub fn port_id(&self) -> u32 {
+        self.conn.port_id()
+    }
+
     /// Our fabric routes as the kernel has them now.
     pub async fn observe(&self) -> Result<Vec<ObservedRoute>, FabricError> {
         observe::observe(&self.conn)
