@@ -317,10 +317,9 @@ fn repair_latency(node: &Netns, name: &str, addr: IpAddr, limit: Duration) -> Op
             while let Some(event) = events.next().await {
                 match event.kind {
                     KernelEvent::Link {
-                        name: n,
+                        facts,
                         deleted: true,
-                        ..
-                    } if n == name => {
+                    } if facts.name == name => {
                         deleted_at.get_or_insert_with(Instant::now);
                     }
                     KernelEvent::Route {

@@ -135,21 +135,24 @@ fn drift_is_repaired_without_any_isolate() {
 
 /// Drift inside a container's namespace makes no event in the node's: the
 /// daemon hears it on its one event socket, tagged with the container's
-/// namespace id. The resync is an hour away, so only that event can repair
-/// it within the wait.
+/// namespace id. Drift of the host side is heard in the node's namespace,
+/// among the daemon's own changes' echoes and link events that change
+/// nothing it manages (which it skips). The resync is an hour away, so
+/// only the event can repair each within the wait.
 #[test]
-fn drift_inside_a_container_is_repaired_by_its_event_alone() {
+fn drift_is_repaired_by_its_event_alone() {
     if !require_root() {
         return;
     }
     const EVENT_LIMIT: Duration = Duration::from_secs(10);
-    let agent = Agent::new("ctrdrift", 1);
+    let agent = Agent::new("evdrift", 1);
     let daemon = agent.start_daemon_with(&[("CALICO_MESOS_RESYNC_INTERVAL", "1h")]);
     let a = agent.launch(0, &["app"]);
     let b = agent.launch(1, &["app"]);
+    let ifname = ifname_of(&agent, &a.id);
     let v4 = format!("{}/32", a.v4);
     type Break<'a> = (&'a str, Box<dyn Fn() + 'a>);
-    let breaks: [Break; 3] = [
+    let breaks: [Break; 7] = [
         (
             "delete the container's IPv4 address",
             Box::new(|| {
@@ -169,18 +172,57 @@ fn drift_inside_a_container_is_repaired_by_its_event_alone() {
                 a.container.exec_ok(&["ip", "link", "set", "eth0", "down"]);
             }),
         ),
+        (
+            "set the host link down",
+            Box::new(|| {
+                agent.node.ns.ip(&["link", "set", &ifname, "down"]);
+            }),
+        ),
+        // The kernel reports this one as its own change (port id 0), like
+        // the carrier coming up: only the alias in it tells them apart.
+        (
+            "change the host link's alias",
+            Box::new(|| {
+                agent
+                    .node
+                    .ns
+                    .ip(&["link", "set", &ifname, "alias", "someone-else"]);
+            }),
+        ),
+        (
+            "delete a host route",
+            Box::new(|| {
+                agent.node.ns.ip(&["route", "del", &v4]);
+            }),
+        ),
+        (
+            "delete the host-side veth",
+            Box::new(|| {
+                agent.node.ns.ip(&["link", "del", &ifname]);
+            }),
+        ),
     ];
     for (what, break_it) in &breaks {
         assert!(healthy(&agent, &a, &b), "healthy before: {what}");
         break_it();
         let repaired = wait_until(EVENT_LIMIT, || {
-            let link = a.container.ip_json(&["link", "show", "dev", "eth0"]);
-            let up = link[0]["flags"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|f| f == "UP"));
+            let up = |link: &serde_json::Value| {
+                link[0]["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|f| f == "UP"))
+            };
+            let eth0 = a.container.ip_json(&["link", "show", "dev", "eth0"]);
+            let host = agent.node.ns.ip_json(&["link", "show", "dev", &ifname]);
             let addrs = a.container.exec_ok(&["ip", "addr", "show", "dev", "eth0"]);
             let routes = a.container.exec_ok(&["ip", "route", "show", "default"]);
-            up && addrs.contains(&v4) && routes.contains("169.254.1.1")
+            up(&eth0)
+                && up(&host)
+                && host[0]["ifalias"] == "calico-mesos"
+                && addrs.contains(&v4)
+                && routes.contains("169.254.1.1")
+                && agent
+                    .our_routes()
+                    .contains(&format!("{} dev {ifname}", a.v4))
         });
         let took = repaired.unwrap_or_else(|| {
             panic!(

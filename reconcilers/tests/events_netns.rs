@@ -79,15 +79,7 @@ fn a_change_inside_a_container_arrives_on_the_node_socket_tagged_with_its_nsid()
             a.exec_ok(&["ip", "addr", "add", "198.18.0.99/32", "dev", "eth0"]);
             a.exec_ok(&["ip", "link", "set", "eth0", "down"]);
             let mut during = until(&mut events, Duration::from_secs(5), |e| {
-                e.nsid == Some(na)
-                    && matches!(
-                        e.kind,
-                        KernelEvent::Link {
-                            ref name,
-                            deleted: false,
-                            ..
-                        } if name == "eth0"
-                    )
+                link_event(e, Some(na), "eth0")
             })
             .await
             .unwrap_or_else(|seen| panic!("no eth0 event tagged {na}: {seen:?}"));
@@ -132,4 +124,96 @@ fn a_change_inside_a_container_arrives_on_the_node_socket_tagged_with_its_nsid()
     );
     let route = node_side.last().unwrap();
     assert_eq!(route.nsid, None, "the node's own event: {route:?}");
+}
+
+/// The first event that matches `wanted` (bounded by five seconds).
+async fn first(events: &mut Events, wanted: impl Fn(&Event) -> bool) -> Event {
+    until(events, Duration::from_secs(5), wanted)
+        .await
+        .unwrap_or_else(|seen| panic!("no such event: {seen:?}"))
+        .pop()
+        .unwrap()
+}
+
+/// A link event for `name`, tagged `nsid`.
+fn link_event(e: &Event, nsid: Option<i32>, name: &str) -> bool {
+    e.nsid == nsid
+        && matches!(&e.kind, KernelEvent::Link { facts, deleted: false } if facts.name == name)
+}
+
+fn facts(e: &Event) -> &reconcilers::endpoint::LinkFacts {
+    match &e.kind {
+        KernelEvent::Link { facts, .. } => facts,
+        other => panic!("not a link event: {other:?}"),
+    }
+}
+
+#[test]
+fn events_tell_our_own_changes_and_unchanged_links_from_drift() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new("evecho", 1);
+    let a = Container::new(&node.ns);
+    let sa = spec(&a, "container-a", 1);
+    let host = host_ifname("container-a");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    node.ns.run(|| {
+        rt.block_on(async {
+            let dp = EndpointDataplane::new().unwrap();
+            let ensured = dp.ensure(&sa, false).await.unwrap();
+            let na = ensured.container_nsid;
+            let verified = ensured.links.clone();
+            assert_eq!(verified.host.as_ref().map(|f| f.name.as_str()), Some(host.as_str()));
+            assert_eq!(verified.eth0.as_ref().map(|f| f.name.as_str()), Some("eth0"));
+            let mut events = Events::all_namespaces().unwrap();
+            collect(&mut events, Duration::from_millis(200)).await;
+
+            // Our own repair: the route `ensure` puts back carries the
+            // node socket's port id; the one deleted by `ip` does not.
+            node.ns.ip(&["route", "del", "198.18.0.1/32", "dev", &host]);
+            let deleted = first(&mut events, |e| {
+                matches!(e.kind, KernelEvent::Route { deleted: true, dst, .. } if dst.to_string() == "198.18.0.1")
+            })
+            .await;
+            assert_ne!(deleted.requester, dp.node_port_id());
+            let repaired = dp.ensure(&sa, false).await.unwrap();
+            assert!(!repaired.actions.is_empty());
+            let added = first(&mut events, |e| {
+                matches!(e.kind, KernelEvent::Route { deleted: false, dst, .. } if dst.to_string() == "198.18.0.1")
+            })
+            .await;
+            assert_eq!(added.nsid, None);
+            assert_eq!(added.requester, dp.node_port_id(), "{added:?}");
+
+            // A change the planner does not read (the MTU): the event has
+            // exactly the facts the ensure read back, on both sides.
+            node.ns.ip(&["link", "set", &host, "mtu", "1400"]);
+            let e = first(&mut events, |e| link_event(e, None, &host)).await;
+            assert_eq!(Some(facts(&e)), verified.host.as_ref(), "host side: {e:?}");
+            a.exec_ok(&["ip", "link", "set", "eth0", "mtu", "1400"]);
+            let e = first(&mut events, |e| link_event(e, na, "eth0")).await;
+            assert_eq!(Some(facts(&e)), verified.eth0.as_ref(), "container side: {e:?}");
+
+            // Drift: the host side set down has other facts.
+            node.ns.ip(&["link", "set", &host, "down"]);
+            let e = first(&mut events, |e| link_event(e, None, &host) && !facts(e).up).await;
+            assert_ne!(Some(facts(&e)), verified.host.as_ref());
+
+            // Another process's address: its port id, not ours, and the
+            // address itself.
+            a.exec_ok(&["ip", "addr", "add", "198.18.0.99/32", "dev", "eth0"]);
+            let e = first(&mut events, |e| {
+                e.nsid == na && matches!(e.kind, KernelEvent::Address { deleted: false, .. })
+            })
+            .await;
+            assert!(matches!(e.kind, KernelEvent::Address { address: Some(a), .. } if a.to_string() == "198.18.0.99"), "{e:?}");
+            assert_ne!(e.requester, 0);
+            assert_ne!(e.requester, reconcilers::events::container_port_id());
+
+        })
+    });
 }

@@ -13,6 +13,7 @@ use super::fabric::FabricView;
 use super::freshness::Freshness;
 use super::index::OwnerIndex;
 use super::kick::{self, KickReply, KickRequest, ServeRequest};
+use super::link_book::{LinkBook, Side, Verdict};
 use super::lock::NodeLock;
 use super::loop_status::{self, LoopStatus};
 use super::nsids::{NsidMap, Origin};
@@ -29,7 +30,7 @@ use crate::plugin::{self, request};
 use crate::store::mirror::MirroredStore;
 use crate::store::{self, keys, Change, Store, StoreError};
 use anyhow::Context as _;
-use reconcilers::endpoint::Action;
+use reconcilers::endpoint::{Action, CONTAINER_IFNAME};
 use reconcilers::events::{Event, Events, KernelEvent, ProcessExit};
 use reconcilers::policy::{NftEvent, NftEvents};
 use reconcilers::HOST_IFNAME_PREFIX;
@@ -103,8 +104,11 @@ struct Shared {
     unattributed: std::sync::atomic::AtomicU64,
     /// The port ids our own kernel changes carry (their echoes are skipped).
     own_requests: OwnRequests,
-    /// Kernel events skipped as echoes of our own changes.
-    echoes: std::sync::atomic::AtomicU64,
+    /// What each endpoint's last reconcile read back of its links.
+    links: LinkBook,
+    /// Kernel events that needed no look: the echoes of our own changes,
+    /// and events that change nothing the planner reads.
+    skipped: std::sync::atomic::AtomicU64,
     triggers: mpsc::WeakSender<Trigger<Work>>,
     started_ms: u64,
     /// Endpoints known right without looking (see [`Freshness`]).
@@ -169,7 +173,8 @@ pub async fn run(
         node_nsid: Mutex::new(None),
         unattributed: Default::default(),
         own_requests,
-        echoes: Default::default(),
+        links: LinkBook::default(),
+        skipped: Default::default(),
         triggers: tx.downgrade(),
         started_ms: endpoint::now_ms(),
         fresh: Freshness::default(),
@@ -270,6 +275,12 @@ fn describe(actions: &[Action]) -> String {
 }
 
 impl Shared {
+    /// Counts a kernel event that needed no look.
+    fn skip(&self) {
+        self.skipped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn trigger(&self, cid: String, delay: Duration, reset_backoff: bool) {
         if let Some(tx) = self.triggers.upgrade() {
             let _ = tx.try_send(Trigger {
@@ -295,9 +306,23 @@ impl Shared {
     async fn reconcile(self: Arc<Self>, cid: String) -> Result<(), String> {
         let started = std::time::Instant::now();
         let token = self.fresh.start(&cid);
-        let outcome = reconcile_endpoint(&self.ctx, &cid, false)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
+        self.links.begin(&cid);
+        let outcome = match reconcile_endpoint(&self.ctx, &cid, false).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.links.finish(&cid, None);
+                return Err(format!("{e:#}"));
+            }
+        };
+        let read_back = match &outcome {
+            Outcome::Ready { links, .. } => Some((**links).clone()),
+            _ => None,
+        };
+        if self.links.finish(&cid, read_back) {
+            // A link changed again after the read-back.
+            self.fresh.touch(&cid);
+            self.trigger(cid.clone(), EVENT_DELAY, false);
+        }
         match &outcome {
             Outcome::Removed { released, .. } | Outcome::Collected { released, .. } => {
                 tracing::info!(container = %cid, outcome = outcome.kind(), actions = %describe(outcome.actions()), released = ?released, "reconciled");
@@ -335,6 +360,7 @@ impl Shared {
             Outcome::Removed { .. } | Outcome::Collected { .. } | Outcome::Unknown => {
                 self.unwatch(&cid);
                 self.fresh.forget(&cid);
+                self.links.forget(&cid);
                 self.index.remove_key(&key);
                 Ok(())
             }
@@ -465,7 +491,7 @@ impl Shared {
             stale = stale.len(),
             watched = self.nsids.len(),
             unattributed_events = self.unattributed.load(std::sync::atomic::Ordering::Relaxed),
-            echoes_skipped = self.echoes.load(std::sync::atomic::Ordering::Relaxed),
+            skipped_events = self.skipped.load(std::sync::atomic::Ordering::Relaxed),
             "resync"
         );
         // Every commit to nftables makes an event, so the table is read
@@ -978,18 +1004,19 @@ async fn watch_kernel(shared: Arc<Shared>, tx: Triggers) {
         let origin = shared.nsids.origin(nsid, node_nsid);
         if shared.own_requests.made(&origin, requester) {
             // The reconcile that made this change has read it back.
-            shared
-                .echoes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.skip();
             continue;
         }
         tracing::trace!(?origin, requester, ?event, "kernel event");
-        match origin {
-            Origin::Node => {}
-            // Inside a container: any change there is worth a look.
+        let owner = match origin {
+            Origin::Node => node_event_owner(&shared, &event),
             Origin::Container(cid) => {
-                shared.fresh.touch(&cid);
-                shared.trigger(cid, EVENT_DELAY, false);
+                if container_event_needs_look(&shared, &cid, &event) {
+                    shared.fresh.touch(&cid);
+                    shared.trigger(cid, EVENT_DELAY, false);
+                } else {
+                    shared.skip();
+                }
                 continue;
             }
             Origin::Unknown(nsid) => {
@@ -1003,17 +1030,14 @@ async fn watch_kernel(shared: Arc<Shared>, tx: Triggers) {
                 );
                 continue;
             }
-        }
-        let owner = match &event {
-            KernelEvent::Link { name, .. } if name.starts_with(HOST_IFNAME_PREFIX) => {
-                shared.index.owner_of_link(name)
+        };
+        let owner = match owner {
+            NodeEvent::Owner(cid) => Some(cid),
+            NodeEvent::Nobody => None,
+            NodeEvent::Unchanged => {
+                shared.skip();
+                continue;
             }
-            KernelEvent::Route {
-                dst, prefix_len, ..
-            } if *prefix_len == if dst.is_ipv4() { 32 } else { 128 } => {
-                shared.index.owner_of_addr(dst)
-            }
-            _ => None,
         };
         // A route of ours that no endpoint owns may be a fabric route.
         if let (
@@ -1039,6 +1063,65 @@ async fn watch_kernel(shared: Arc<Shared>, tx: Triggers) {
     }
     tracing::error!("the kernel event subscription ended; relying on the resync");
     std::future::pending::<()>().await;
+}
+
+/// What a kernel event in the node's own namespace is about.
+enum NodeEvent {
+    /// Something of this endpoint's changed: it needs a look.
+    Owner(String),
+    /// No endpoint's (the fabric may still care).
+    Nobody,
+    /// An endpoint's host link, with nothing changed that the planner
+    /// reads (see [`LinkBook`]), or held for the reconcile in progress.
+    Unchanged,
+}
+
+/// Whose is a kernel event in the node's namespace: the endpoint whose
+/// host link it is about, or that holds the address of a host route.
+fn node_event_owner(shared: &Shared, event: &KernelEvent) -> NodeEvent {
+    let owner = match event {
+        KernelEvent::Link { facts, deleted } if facts.name.starts_with(HOST_IFNAME_PREFIX) => {
+            let Some(cid) = shared.index.owner_of_link(&facts.name) else {
+                return NodeEvent::Nobody;
+            };
+            if !deleted && shared.links.event(&cid, Side::Host, facts) != Verdict::Recheck {
+                return NodeEvent::Unchanged;
+            }
+            Some(cid)
+        }
+        KernelEvent::Route {
+            dst, prefix_len, ..
+        } if *prefix_len == if dst.is_ipv4() { 32 } else { 128 } => shared.index.owner_of_addr(dst),
+        _ => None,
+    };
+    owner.map_or(NodeEvent::Nobody, NodeEvent::Owner)
+}
+
+/// Whether a kernel event inside `cid`'s container needs a look. Not:
+/// the kernel's own routes (local, multicast, link: they follow address
+/// and link changes, which have events of their own, and none is the
+/// planner's); an address of the endpoint's own appearing (as wanted:
+/// the kernel says so again when duplicate address detection ends);
+/// `eth0` with nothing changed that the planner reads.
+fn container_event_needs_look(shared: &Shared, cid: &str, event: &KernelEvent) -> bool {
+    match event {
+        KernelEvent::Route {
+            protocol: libc::RTPROT_KERNEL,
+            ..
+        } => false,
+        KernelEvent::Address {
+            deleted: false,
+            address: Some(address),
+            ..
+        } => shared.index.owner_of_addr(address).as_deref() != Some(cid),
+        KernelEvent::Link {
+            facts,
+            deleted: false,
+        } if facts.name == CONTAINER_IFNAME => {
+            shared.links.event(cid, Side::Eth0, facts) == Verdict::Recheck
+        }
+        _ => true,
+    }
 }
 
 /// Resyncs every `interval`.

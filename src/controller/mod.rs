@@ -12,6 +12,7 @@ pub mod fabric;
 pub mod freshness;
 pub mod index;
 pub mod kick;
+pub mod link_book;
 pub mod lock;
 pub mod loop_status;
 pub mod nsids;

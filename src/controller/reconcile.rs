@@ -191,6 +191,9 @@ pub enum Outcome {
         /// The id the node's namespace has for the container's (see
         /// [`reconcilers::endpoint::Ensured::container_nsid`]).
         container_nsid: Option<i32>,
+        /// The endpoint's links as the reconcile read them back (see
+        /// [`reconcilers::endpoint::Links`]).
+        links: Box<reconcilers::endpoint::Links>,
     },
     /// Cleanup done: dataplane removed, addresses released, record deleted.
     Removed {
@@ -342,6 +345,7 @@ pub async fn reconcile_endpoint(
                 actions: done.actions,
                 generation: ep.value.generation,
                 container_nsid: done.container_nsid,
+                links: Box::new(done.links),
             })
         }
         Err(message) => {

@@ -16,7 +16,7 @@ mod plan_tests;
 
 pub use apply::ApplyError;
 pub use model::*;
-pub use observe::ObserveError;
+pub use observe::{LinkFacts, ObserveError};
 pub use plan::{host_side_matches, is_pair, plan, PlanError, MAIN_TABLE};
 
 use crate::netns::{open_container, open_current, NetnsError, NetnsRef, NsVisitor};
@@ -125,6 +125,19 @@ pub struct Ensured {
     /// observation that checks the pair, never assumed; the kernel gives
     /// the container's namespace one when the veth's peer is placed in it.
     pub container_nsid: Option<i32>,
+    /// The endpoint's two links as the last observation read them (after
+    /// the actions, when there were any).
+    pub links: Links,
+}
+
+/// An endpoint's two links as one observation read them: what a watcher
+/// of kernel events compares a link event with (see [`LinkFacts`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Links {
+    /// The host side, in the node's namespace.
+    pub host: Option<LinkFacts>,
+    /// `eth0`, in the container's namespace.
+    pub eth0: Option<LinkFacts>,
 }
 
 /// What the node has that looks like ours: for the resync, which removes
@@ -243,21 +256,26 @@ impl EndpointDataplane {
         &self,
         spec: &EndpointSpec,
         c: &ContainerConn,
-    ) -> Result<Observed, EndpointError> {
+    ) -> Result<(Observed, Links), EndpointError> {
         let host = host_ifname(&spec.container_id);
-        let (node, container) = futures::try_join!(
+        let (node, (container, eth0)) = futures::try_join!(
             observe::observe_node(&self.node, &host, &c.ns, spec),
             observe::observe_container(&c.conn)
         )?;
         let ipv6_force_forwarding = self.force_forwarding;
-        Ok(Observed {
+        let links = Links {
+            host: node.facts,
+            eth0,
+        };
+        let observed = Observed {
             host: node.link,
             host_addresses: node.addresses,
             host_routes: node.routes,
             container_nsid: node.nsid,
             container,
             ipv6_force_forwarding,
-        })
+        };
+        Ok((observed, links))
     }
 
     /// The id the node's namespace has for itself, if anyone gave it one
@@ -270,7 +288,7 @@ impl EndpointDataplane {
     /// Reads the kernel for one endpoint.
     pub async fn observe(&self, spec: &EndpointSpec) -> Result<Observed, EndpointError> {
         let c = self.enter(&spec.netns).await?;
-        self.observe_with(spec, &c).await
+        Ok(self.observe_with(spec, &c).await?.0)
     }
 
     /// Makes the kernel match `spec` (with `dry_run`, only says what it
@@ -288,7 +306,7 @@ impl EndpointDataplane {
             took_us = started.elapsed().as_micros() as u64
         );
         let started = std::time::Instant::now();
-        let observed = self.observe_with(spec, &c).await?;
+        let (observed, links) = self.observe_with(spec, &c).await?;
         tracing::trace!(
             stage = "observe",
             took_us = started.elapsed().as_micros() as u64
@@ -304,6 +322,7 @@ impl EndpointDataplane {
                 .and_then(|l| l.mac.as_deref())
                 .map(format_mac),
             container_nsid: observed.container_nsid,
+            links,
         };
         if dry_run || ensured.actions.is_empty() {
             return Ok(ensured);
@@ -318,7 +337,7 @@ impl EndpointDataplane {
             .apply_all(&ensured.actions)
             .await?;
         let started = std::time::Instant::now();
-        let after = self.observe_with(spec, &c).await?;
+        let (after, links) = self.observe_with(spec, &c).await?;
         tracing::trace!(
             stage = "verify",
             took_us = started.elapsed().as_micros() as u64
@@ -335,6 +354,7 @@ impl EndpointDataplane {
             .map(format_mac);
         // A converged pair implies an id (see `is_pair`).
         ensured.container_nsid = after.container_nsid;
+        ensured.links = links;
         Ok(ensured)
     }
 

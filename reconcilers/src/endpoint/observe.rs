@@ -94,20 +94,34 @@ pub enum ObserveError {
     },
 }
 
-/// What one link message says, in our terms.
-#[derive(Clone, Debug)]
-pub(crate) struct LinkFacts {
+/// What one link message says, in our terms: everything of a link the
+/// planner looks at, and nothing else (not its carrier, counters or
+/// MTU). Two messages about a link with equal facts differ in nothing
+/// that could change a plan; a kernel event with the facts an endpoint's
+/// last reconcile read back needs no second look.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkFacts {
+    /// Interface index.
     pub index: u32,
+    /// Interface name.
     pub name: String,
+    /// `IFLA_IFALIAS` (ours: [`crate::OWNER_ALIAS`]).
     pub alias: Option<String>,
+    /// Administratively up (`IFF_UP`).
     pub up: bool,
+    /// A veth.
     pub is_veth: bool,
+    /// Hardware address.
     pub mac: Option<Vec<u8>>,
+    /// A veth's peer's index (in the peer's namespace).
     pub peer_index: Option<u32>,
+    /// The id, in the link's namespace, of its peer's namespace.
     pub peer_netnsid: Option<i32>,
+    /// The per-interface sysctls the dataplane sets, as the link reports them.
     pub sysctls: BTreeMap<Sysctl, i32>,
 }
 
+/// The facts of one link message.
 pub(crate) fn link_facts(msg: &LinkMessage) -> LinkFacts {
     let mut f = LinkFacts {
         index: msg.header.index,
@@ -399,6 +413,8 @@ pub(crate) async fn host_addresses(
 /// What [`observe_node`] found.
 pub(crate) struct NodeSide {
     pub link: Option<HostLink>,
+    /// The host link's facts as read (see [`super::Links`]).
+    pub facts: Option<LinkFacts>,
     pub addresses: Vec<HostAddress>,
     pub nsid: Option<i32>,
     pub routes: Vec<HostRoute>,
@@ -434,6 +450,7 @@ pub(crate) async fn observe_node(
         })?;
         routes.extend(r.map(to_host_route));
     }
+    let facts = link.clone();
     let host = link.map(|l| HostLink {
         index: l.index,
         is_veth: l.is_veth,
@@ -446,6 +463,7 @@ pub(crate) async fn observe_node(
     });
     Ok(NodeSide {
         link: host,
+        facts,
         addresses,
         nsid,
         routes,
@@ -555,13 +573,17 @@ async fn container_routes(h: &Conn, eth0: u32) -> Result<Vec<ContainerRoute>, Nl
     Ok(out)
 }
 
-/// Observes the container side through a connection inside its namespace.
-pub(crate) async fn observe_container(ctr: &Conn) -> Result<ContainerState, ObserveError> {
+/// Observes the container side through a connection inside its namespace;
+/// also returns eth0's facts as read (see [`super::Links`]).
+pub(crate) async fn observe_container(
+    ctr: &Conn,
+) -> Result<(ContainerState, Option<LinkFacts>), ObserveError> {
     let (eth0, lo) = futures::join!(
         link_by_name(ctr, CONTAINER_IFNAME, Side::Container),
         link_by_name(ctr, "lo", Side::Container)
     );
     let (eth0, lo) = (eth0?, lo?);
+    let facts = eth0.clone();
     let mut state = ContainerState {
         lo_up: lo.is_some_and(|l| l.up),
         ..Default::default()
@@ -594,5 +616,5 @@ pub(crate) async fn observe_container(ctr: &Conn) -> Result<ContainerState, Obse
             sysctls: e.sysctls,
         });
     }
-    Ok(state)
+    Ok((state, facts))
 }

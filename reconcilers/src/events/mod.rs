@@ -18,6 +18,7 @@ pub use crate::nl::container_port_id;
 pub use exit::ProcessExit;
 pub use socket::Events;
 
+use crate::endpoint::LinkFacts;
 use std::net::IpAddr;
 
 /// Something changed in the kernel.
@@ -25,10 +26,8 @@ use std::net::IpAddr;
 pub enum KernelEvent {
     /// A link appeared, changed or went.
     Link {
-        /// Its name.
-        name: String,
-        /// Its index.
-        index: u32,
+        /// What the message says of it (its name and index among them).
+        facts: LinkFacts,
         /// True when it was deleted.
         deleted: bool,
     },
@@ -52,6 +51,8 @@ pub enum KernelEvent {
     Address {
         /// The link's index.
         index: u32,
+        /// The address (`None` if the message carried none).
+        address: Option<IpAddr>,
         /// True when it was removed.
         deleted: bool,
     },

@@ -7,6 +7,7 @@
 
 use super::KernelEvent;
 use crate::endpoint::observe::{link_facts, route_facts};
+use crate::nl::own_address;
 use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::route::RouteMessage;
@@ -69,10 +70,12 @@ fn event_of(payload: NetlinkPayload<RouteNetlinkMessage>) -> Option<KernelEvent>
         RouteNetlinkMessage::DelRoute(r) => route_event(&r, true),
         RouteNetlinkMessage::NewAddress(a) => Some(KernelEvent::Address {
             index: a.header.index,
+            address: own_address(&a),
             deleted: false,
         }),
         RouteNetlinkMessage::DelAddress(a) => Some(KernelEvent::Address {
             index: a.header.index,
+            address: own_address(&a),
             deleted: true,
         }),
         _ => None,
@@ -80,10 +83,8 @@ fn event_of(payload: NetlinkPayload<RouteNetlinkMessage>) -> Option<KernelEvent>
 }
 
 fn link_event(l: &LinkMessage, deleted: bool) -> KernelEvent {
-    let f = link_facts(l);
     KernelEvent::Link {
-        name: f.name,
-        index: f.index,
+        facts: link_facts(l),
         deleted,
     }
 }
@@ -178,6 +179,7 @@ mod tests {
                 IP_ADDR_ADD,
                 KernelEvent::Address {
                     index: 2,
+                    address: Some("198.18.0.7".parse().unwrap()),
                     deleted: false
                 }
             )]
@@ -188,6 +190,7 @@ mod tests {
                 IP_ADDR_DEL,
                 KernelEvent::Address {
                     index: 2,
+                    address: Some("198.18.0.7".parse().unwrap()),
                     deleted: true
                 }
             )]
@@ -229,19 +232,22 @@ mod tests {
     }
 
     #[test]
-    fn a_deleted_link_keeps_its_name_and_index() {
+    fn a_deleted_link_keeps_its_facts() {
         // Deleted by the kernel, as the container's namespace went.
-        assert_eq!(
-            kernel_events(&hex(DELLINK)),
-            vec![(
-                KERNEL,
-                KernelEvent::Link {
-                    name: "califixture0001".into(),
-                    index: 2,
-                    deleted: true
-                }
-            )]
-        );
+        let events = kernel_events(&hex(DELLINK));
+        let [(
+            KERNEL,
+            KernelEvent::Link {
+                facts,
+                deleted: true,
+            },
+        )] = &events[..]
+        else {
+            panic!("one deleted link, by the kernel: {events:?}");
+        };
+        assert_eq!(facts.name, "califixture0001");
+        assert_eq!(facts.index, 2);
+        assert!(facts.is_veth, "{facts:?}");
     }
 
     #[test]
@@ -274,6 +280,7 @@ mod tests {
             kinds(&neigh),
             vec![KernelEvent::Address {
                 index: 2,
+                address: Some("198.18.0.7".parse().unwrap()),
                 deleted: true
             }]
         );
