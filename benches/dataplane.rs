@@ -24,6 +24,10 @@
 //! containerd starts CNI plugins). The first row gives the time to start
 //! `/bin/cat` that way.
 //!
+//! Each phase that builds a node first waits for the machine to be quiet
+//! (`wait_quiet`): the kernel destroys the previous phase's namespaces in
+//! the background for seconds after their processes exit.
+//!
 //! `DATAPLANE_PHASES` runs only some phases (comma-separated; default all):
 //! `peer` (CNI ADD and DEL), `inline` (isolate with no daemon), `floor`,
 //! `open` (isolate with the daemon, policy disabled), `daemon` (isolate
