@@ -8,10 +8,13 @@
 //!
 //! Run with `cargo bench --bench ipam`. Numbers are reported, never asserted.
 
+mod common;
+
 use calico_mesos::ipam::{self, IpPool, Request};
 use calico_mesos::store::mirror::MirroredStore;
 use calico_mesos::store::sqlite::SqliteStore;
 use calico_mesos::store::{etcd::EtcdStore, EtcdOptions, Store};
+use common::cpu_time;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -123,18 +126,6 @@ fn at_scale() -> (Duration, Duration, u64) {
     (first / 1_000, last / 1_000, size)
 }
 
-/// CPU time (user + system) of this process so far.
-fn cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
 /// Sequential in-process allocations on etcd under a prefix of their own:
 /// (wall time, this process's CPU time) per allocation.
 fn on_etcd(etcd: &testsupport::etcd::Etcd, mirrored: bool, n: usize) -> (Duration, Duration) {
@@ -155,11 +146,14 @@ fn on_etcd(etcd: &testsupport::etcd::Etcd, mirrored: bool, n: usize) -> (Duratio
     };
     add_pools(s.as_ref());
     allocate_one(s.as_ref(), "warm-up");
-    let (start, cpu) = (Instant::now(), cpu_time());
+    let (start, cpu) = (Instant::now(), cpu_time(libc::RUSAGE_SELF));
     for i in 0..n {
         allocate_one(s.as_ref(), &format!("uid-{i}"));
     }
-    (start.elapsed() / n as u32, (cpu_time() - cpu) / n as u32)
+    (
+        start.elapsed() / n as u32,
+        (cpu_time(libc::RUSAGE_SELF) - cpu) / n as u32,
+    )
 }
 
 fn main() {

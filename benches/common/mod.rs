@@ -154,14 +154,14 @@ pub fn wait_quiet(limit: Duration) -> Duration {
     start.elapsed()
 }
 
-/// CPU time (user + system) of the children this process has waited for,
-/// so far (`getrusage(RUSAGE_CHILDREN)`): the difference around one
-/// [`timed`] is that process's CPU.
-pub fn children_cpu_time() -> Duration {
+/// CPU time (user + system) so far of `who`: `libc::RUSAGE_SELF` (this
+/// process) or `libc::RUSAGE_CHILDREN` (the children it has waited for:
+/// the difference around one [`timed`] is that process's CPU).
+pub fn cpu_time(who: i32) -> Duration {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage fills the struct it is given.
     let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr());
+        libc::getrusage(who, usage.as_mut_ptr());
         usage.assume_init()
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
