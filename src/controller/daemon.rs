@@ -306,19 +306,15 @@ impl Shared {
     async fn reconcile(self: Arc<Self>, cid: String) -> Result<(), String> {
         let started = std::time::Instant::now();
         let token = self.fresh.start(&cid);
-        self.links.begin(&cid);
-        let outcome = match reconcile_endpoint(&self.ctx, &cid, false).await {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                self.links.finish(&cid, None);
-                return Err(format!("{e:#}"));
-            }
-        };
+        let run = self.links.begin(&cid);
+        let outcome = reconcile_endpoint(&self.ctx, &cid, false)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
         let read_back = match &outcome {
             Outcome::Ready { links, .. } => Some((**links).clone()),
             _ => None,
         };
-        if self.links.finish(&cid, read_back) {
+        if run.finish(read_back) {
             // A link changed again after the read-back.
             self.fresh.touch(&cid);
             self.trigger(cid.clone(), EVENT_DELAY, false);

@@ -48,6 +48,34 @@ struct Entry {
     held: Links,
 }
 
+/// One reconcile of an endpoint, as the book follows it.
+#[must_use = "a run dropped unfinished forgets what was known"]
+pub struct Run<'a> {
+    book: &'a LinkBook,
+    cid: &'a str,
+    finished: bool,
+}
+
+impl Run<'_> {
+    /// The reconcile ended; `read_back` is what it read of the links when
+    /// the endpoint is Ready (`None` otherwise: nothing is known then, and
+    /// every later event asks for a look). True when a link event held
+    /// meanwhile says something else than the read-back: the endpoint
+    /// needs another reconcile.
+    pub fn finish(mut self, read_back: Option<Links>) -> bool {
+        self.finished = true;
+        self.book.finish(self.cid, read_back)
+    }
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.book.finish(self.cid, None);
+        }
+    }
+}
+
 /// The book, shared by the event handler and the runner.
 #[derive(Debug, Default)]
 pub struct LinkBook {
@@ -62,21 +90,22 @@ fn slot(links: &mut Links, side: Side) -> &mut Option<LinkFacts> {
 }
 
 impl LinkBook {
-    /// A reconcile of `cid` starts: its link events are held until
-    /// [`Self::finish`].
-    pub fn begin(&self, cid: &str) {
+    /// A reconcile of `cid` starts: its link events are held until the
+    /// returned run is finished ([`Run::finish`]), or dropped (a run that
+    /// failed, panicked or was cancelled: then nothing is known).
+    pub fn begin<'a>(&'a self, cid: &'a str) -> Run<'a> {
         let mut entries = self.entries.lock().expect("link book lock");
         let e = entries.entry(cid.to_string()).or_default();
         e.running = true;
         e.held = Links::default();
+        Run {
+            book: self,
+            cid,
+            finished: false,
+        }
     }
 
-    /// The reconcile of `cid` ended; `read_back` is what it read of the
-    /// links when the endpoint is Ready (`None` otherwise: nothing is
-    /// known then, and every later event asks for a look). True when a
-    /// link event held meanwhile says something else than the read-back:
-    /// the endpoint needs another reconcile.
-    pub fn finish(&self, cid: &str, read_back: Option<Links>) -> bool {
+    fn finish(&self, cid: &str, read_back: Option<Links>) -> bool {
         let mut entries = self.entries.lock().expect("link book lock");
         let Some(e) = entries.get_mut(cid) else {
             return false;
@@ -143,38 +172,37 @@ mod tests {
         }
     }
 
+    fn verdict(book: &LinkBook, side: Side, facts: LinkFacts) -> Verdict {
+        book.event("a", side, &facts)
+    }
+
     #[test]
     fn an_unknown_endpoint_is_always_rechecked() {
         let book = LinkBook::default();
         assert_eq!(
-            book.event("a", Side::Host, &link("calia", true)),
+            verdict(&book, Side::Host, link("calia", true)),
             Verdict::Recheck
-        );
-        assert!(
-            !book.finish("a", Some(links(true))),
-            "never begun: nothing held"
         );
     }
 
     #[test]
     fn after_a_reconcile_only_other_facts_ask_for_a_look() {
         let book = LinkBook::default();
-        book.begin("a");
-        assert!(!book.finish("a", Some(links(true))));
+        assert!(!book.begin("a").finish(Some(links(true))));
         assert_eq!(
-            book.event("a", Side::Host, &link("calia", true)),
+            verdict(&book, Side::Host, link("calia", true)),
             Verdict::Unchanged
         );
         assert_eq!(
-            book.event("a", Side::Eth0, &link("eth0", true)),
+            verdict(&book, Side::Eth0, link("eth0", true)),
             Verdict::Unchanged
         );
         assert_eq!(
-            book.event("a", Side::Host, &link("calia", false)),
+            verdict(&book, Side::Host, link("calia", false)),
             Verdict::Recheck
         );
         assert_eq!(
-            book.event("a", Side::Eth0, &link("eth0", false)),
+            verdict(&book, Side::Eth0, link("eth0", false)),
             Verdict::Recheck
         );
         // Another endpoint's verdicts are its own.
@@ -187,50 +215,55 @@ mod tests {
     #[test]
     fn events_during_a_reconcile_are_judged_by_the_last_one_per_link() {
         let book = LinkBook::default();
-        book.begin("a");
+        let run = book.begin("a");
         // The reconcile's own steps: down first, then up as read back.
         assert_eq!(
-            book.event("a", Side::Host, &link("calia", false)),
+            verdict(&book, Side::Host, link("calia", false)),
             Verdict::Held
         );
         assert_eq!(
-            book.event("a", Side::Host, &link("calia", true)),
+            verdict(&book, Side::Host, link("calia", true)),
             Verdict::Held
         );
-        assert!(!book.finish("a", Some(links(true))), "left as read back");
+        assert!(!run.finish(Some(links(true))), "left as read back");
 
         // Set down by someone right after the read-back.
-        book.begin("a");
-        book.event("a", Side::Host, &link("calia", true));
-        book.event("a", Side::Host, &link("calia", false));
-        assert!(book.finish("a", Some(links(true))), "the last word differs");
+        let run = book.begin("a");
+        verdict(&book, Side::Host, link("calia", true));
+        verdict(&book, Side::Host, link("calia", false));
+        assert!(run.finish(Some(links(true))), "the last word differs");
 
         // Only the other link seen: judged on its own.
-        book.begin("a");
-        book.event("a", Side::Eth0, &link("eth0", true));
-        assert!(!book.finish("a", Some(links(true))));
+        let run = book.begin("a");
+        verdict(&book, Side::Eth0, link("eth0", true));
+        assert!(!run.finish(Some(links(true))));
     }
 
     #[test]
-    fn a_reconcile_that_ends_not_ready_leaves_nothing_known() {
+    fn a_reconcile_that_ends_not_ready_or_never_ends_leaves_nothing_known() {
         let book = LinkBook::default();
-        book.begin("a");
-        book.finish("a", Some(links(true)));
-        book.begin("a");
-        book.event("a", Side::Host, &link("calia", false));
-        assert!(
-            !book.finish("a", None),
-            "not ready: the runner retries anyway"
-        );
+        assert!(!book.begin("a").finish(Some(links(true))));
+        let run = book.begin("a");
+        verdict(&book, Side::Host, link("calia", false));
+        assert!(!run.finish(None), "not ready: the runner retries anyway");
         assert_eq!(
-            book.event("a", Side::Host, &link("calia", true)),
+            verdict(&book, Side::Host, link("calia", true)),
             Verdict::Recheck
         );
-        book.begin("a");
-        book.finish("a", Some(links(true)));
+
+        // A run dropped unfinished (failed, panicked, cancelled) leaves
+        // nothing held and nothing known.
+        assert!(!book.begin("a").finish(Some(links(true))));
+        drop(book.begin("a"));
+        assert_eq!(
+            verdict(&book, Side::Host, link("calia", true)),
+            Verdict::Recheck
+        );
+
+        assert!(!book.begin("a").finish(Some(links(true))));
         book.forget("a");
         assert_eq!(
-            book.event("a", Side::Host, &link("calia", true)),
+            verdict(&book, Side::Host, link("calia", true)),
             Verdict::Recheck
         );
     }
