@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::agent::{isolate, wait_until, Agent, Launched};
+use common::agent::{isolate, wait_until, Agent, Daemon, Launched};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -38,6 +38,41 @@ fn healthy(agent: &Agent, c: &Launched, peer: &Launched) -> bool {
         && ping(&peer.container, c.v6)
 }
 
+/// One way to break an endpoint: what it is, and doing it.
+type Break<'a> = (&'a str, Box<dyn Fn() + 'a>);
+
+/// `ip -j link show` of one link says it is up.
+fn is_up(link: &serde_json::Value) -> bool {
+    link[0]["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f == "UP"))
+}
+
+/// For each break in turn: `c` and `peer` are healthy, the break is made,
+/// `repaired` holds within `limit` (else the daemon's log is shown), and
+/// they are healthy again. Prints each time to repair.
+fn break_each_and_wait_for_repair(
+    agent: &Agent,
+    daemon: &Daemon,
+    (c, peer): (&Launched, &Launched),
+    breaks: &[Break],
+    limit: Duration,
+    repaired: impl Fn() -> bool,
+) {
+    for (what, break_it) in breaks {
+        assert!(healthy(agent, c, peer), "healthy before: {what}");
+        break_it();
+        let took = wait_until(limit, &repaired).unwrap_or_else(|| {
+            panic!(
+                "{what}: not repaired within {limit:?}\n{}",
+                daemon.log_text()
+            )
+        });
+        println!("time to repair, {what}: {:.1} ms", took.as_secs_f64() * 1e3);
+        assert!(healthy(agent, c, peer), "pings after: {what}");
+    }
+}
+
 #[test]
 fn drift_is_repaired_without_any_isolate() {
     if !require_root() {
@@ -49,7 +84,6 @@ fn drift_is_repaired_without_any_isolate() {
     let a = agent.launch(0, &["app"]);
     let b = agent.launch(1, &["app"]);
     let ifname = ifname_of(&agent, &a.id);
-    type Break<'a> = (&'a str, Box<dyn Fn() + 'a>);
     let breaks: [Break; 6] = [
         (
             "delete the host-side veth",
@@ -100,36 +134,22 @@ fn drift_is_repaired_without_any_isolate() {
             }),
         ),
     ];
-    for (what, break_it) in &breaks {
-        assert!(healthy(&agent, &a, &b), "healthy before: {what}");
-        break_it();
-        let repaired = wait_until(LIMIT, || {
-            let links = agent.node.ns.ip_json(&["link", "show", "dev", &ifname]);
-            let up = links[0]["flags"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|f| f == "UP"));
-            let addrs = a.container.exec_ok(&["ip", "addr", "show", "dev", "eth0"]);
-            let routes = a.container.exec_ok(&["ip", "route", "show", "default"]);
-            let proxy_arp = agent
-                .node
-                .ns
-                .sysctl(&format!("net/ipv4/conf/{ifname}/proxy_arp"));
-            up && proxy_arp == "1"
-                && addrs.contains(&a.v6.to_string())
-                && routes.contains("169.254.1.1")
-                && agent
-                    .our_routes()
-                    .contains(&format!("{} dev {ifname}", a.v4))
-        });
-        let took = repaired.unwrap_or_else(|| {
-            panic!(
-                "{what}: not repaired within {LIMIT:?}\n{}",
-                daemon.log_text()
-            )
-        });
-        println!("time to repair, {what}: {:.1} ms", took.as_secs_f64() * 1e3);
-        assert!(healthy(&agent, &a, &b), "pings after: {what}");
-    }
+    break_each_and_wait_for_repair(&agent, &daemon, (&a, &b), &breaks, LIMIT, || {
+        let host = agent.node.ns.ip_json(&["link", "show", "dev", &ifname]);
+        let addrs = a.container.exec_ok(&["ip", "addr", "show", "dev", "eth0"]);
+        let routes = a.container.exec_ok(&["ip", "route", "show", "default"]);
+        let proxy_arp = agent
+            .node
+            .ns
+            .sysctl(&format!("net/ipv4/conf/{ifname}/proxy_arp"));
+        is_up(&host)
+            && proxy_arp == "1"
+            && addrs.contains(&a.v6.to_string())
+            && routes.contains("169.254.1.1")
+            && agent
+                .our_routes()
+                .contains(&format!("{} dev {ifname}", a.v4))
+    });
     assert!(daemon.stop());
 }
 
@@ -151,7 +171,6 @@ fn drift_is_repaired_by_its_event_alone() {
     let b = agent.launch(1, &["app"]);
     let ifname = ifname_of(&agent, &a.id);
     let v4 = format!("{}/32", a.v4);
-    type Break<'a> = (&'a str, Box<dyn Fn() + 'a>);
     let breaks: [Break; 7] = [
         (
             "delete the container's IPv4 address",
@@ -202,37 +221,21 @@ fn drift_is_repaired_by_its_event_alone() {
             }),
         ),
     ];
-    for (what, break_it) in &breaks {
-        assert!(healthy(&agent, &a, &b), "healthy before: {what}");
-        break_it();
-        let repaired = wait_until(EVENT_LIMIT, || {
-            let up = |link: &serde_json::Value| {
-                link[0]["flags"]
-                    .as_array()
-                    .is_some_and(|f| f.iter().any(|f| f == "UP"))
-            };
-            let eth0 = a.container.ip_json(&["link", "show", "dev", "eth0"]);
-            let host = agent.node.ns.ip_json(&["link", "show", "dev", &ifname]);
-            let addrs = a.container.exec_ok(&["ip", "addr", "show", "dev", "eth0"]);
-            let routes = a.container.exec_ok(&["ip", "route", "show", "default"]);
-            up(&eth0)
-                && up(&host)
-                && host[0]["ifalias"] == "calico-mesos"
-                && addrs.contains(&v4)
-                && routes.contains("169.254.1.1")
-                && agent
-                    .our_routes()
-                    .contains(&format!("{} dev {ifname}", a.v4))
-        });
-        let took = repaired.unwrap_or_else(|| {
-            panic!(
-                "{what}: not repaired within {EVENT_LIMIT:?} (the resync is an hour away)\n{}",
-                daemon.log_text()
-            )
-        });
-        println!("time to repair, {what}: {:.1} ms", took.as_secs_f64() * 1e3);
-        assert!(healthy(&agent, &a, &b), "pings after: {what}");
-    }
+    // The resync is an hour away: only an event can repair within the wait.
+    break_each_and_wait_for_repair(&agent, &daemon, (&a, &b), &breaks, EVENT_LIMIT, || {
+        let eth0 = a.container.ip_json(&["link", "show", "dev", "eth0"]);
+        let host = agent.node.ns.ip_json(&["link", "show", "dev", &ifname]);
+        let addrs = a.container.exec_ok(&["ip", "addr", "show", "dev", "eth0"]);
+        let routes = a.container.exec_ok(&["ip", "route", "show", "default"]);
+        is_up(&eth0)
+            && is_up(&host)
+            && host[0]["ifalias"] == "calico-mesos"
+            && addrs.contains(&v4)
+            && routes.contains("169.254.1.1")
+            && agent
+                .our_routes()
+                .contains(&format!("{} dev {ifname}", a.v4))
+    });
     assert!(daemon.stop());
 }
 

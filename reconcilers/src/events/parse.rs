@@ -9,6 +9,7 @@ use super::KernelEvent;
 use crate::endpoint::observe::{link_facts, route_facts};
 use crate::nl::own_address;
 use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::route::RouteMessage;
 use netlink_packet_route::RouteNetlinkMessage;
@@ -68,17 +69,17 @@ fn event_of(payload: NetlinkPayload<RouteNetlinkMessage>) -> Option<KernelEvent>
         RouteNetlinkMessage::DelLink(l) => Some(link_event(&l, true)),
         RouteNetlinkMessage::NewRoute(r) => route_event(&r, false),
         RouteNetlinkMessage::DelRoute(r) => route_event(&r, true),
-        RouteNetlinkMessage::NewAddress(a) => Some(KernelEvent::Address {
-            index: a.header.index,
-            address: own_address(&a),
-            deleted: false,
-        }),
-        RouteNetlinkMessage::DelAddress(a) => Some(KernelEvent::Address {
-            index: a.header.index,
-            address: own_address(&a),
-            deleted: true,
-        }),
+        RouteNetlinkMessage::NewAddress(a) => Some(address_event(&a, false)),
+        RouteNetlinkMessage::DelAddress(a) => Some(address_event(&a, true)),
         _ => None,
+    }
+}
+
+fn address_event(a: &AddressMessage, deleted: bool) -> KernelEvent {
+    KernelEvent::Address {
+        index: a.header.index,
+        address: own_address(a),
+        deleted,
     }
 }
 
