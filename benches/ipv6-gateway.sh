@@ -8,7 +8,10 @@
 # /128 route with our protocol), this times the last 100 endpoints' link
 # creation, gateway address add and host route add, per endpoint, once
 # with the shared gateway fe80::ecee:eeff:feee:eeee and once with a
-# distinct one per veth. It also counts the per-device `ff00::/8`
+# distinct one per veth, and once with none at all (`none`: the host side
+# gets a permanent neighbour entry for the container's address instead,
+# which is what it would need to reach the container without a
+# link-local of its own). It also counts the per-device `ff00::/8`
 # multicast routes in the local table: the kernel adds one for every
 # IPv6-enabled link (here both ends of each pair, so 2 N; on a real node
 # one per host side), all siblings of one FIB node.
@@ -45,7 +48,11 @@ links() { # from to
 
 addresses() { # mode from to
     for i in $(seq "$2" "$3"); do
-        echo "address add $(gateway "$1" "$i")/128 dev h$i noprefixroute nodad"
+        if [ "$1" = none ]; then
+            printf 'neighbour add 2001:db8:1::%04x lladdr 02:00:00:00:00:01 dev h%d nud permanent\n' "$i" "$i"
+        else
+            echo "address add $(gateway "$1" "$i")/128 dev h$i noprefixroute nodad"
+        fi
     done
 }
 
@@ -90,10 +97,10 @@ run() { # mode n
     sleep 8
 }
 
-echo "| gateway | host veths | link create + up, µs | gateway address add, µs | host route add, µs | ff00::/8 routes |"
+echo "| gateway | host veths | link create + up, µs | gateway address add (none: neighbour add), µs | host route add, µs | ff00::/8 routes |"
 echo "|---|---|---|---|---|---|"
 for n in 100 1000; do
-    for mode in shared distinct shared distinct; do
+    for mode in shared distinct none shared distinct none; do
         run "$mode" "$n"
     done
 done
