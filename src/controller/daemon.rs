@@ -1075,22 +1075,27 @@ enum NodeEvent {
 /// Whose is a kernel event in the node's namespace: the endpoint whose
 /// host link it is about, or that holds the address of a host route.
 fn node_event_owner(shared: &Shared, event: &KernelEvent) -> NodeEvent {
-    let owner = match event {
+    match event {
         KernelEvent::Link { facts, deleted } if facts.name.starts_with(HOST_IFNAME_PREFIX) => {
-            let Some(cid) = shared.index.owner_of_link(&facts.name) else {
-                return NodeEvent::Nobody;
-            };
-            if !deleted && shared.links.event(&cid, Side::Host, facts) != Verdict::Recheck {
-                return NodeEvent::Unchanged;
+            match shared.index.owner_of_link(&facts.name) {
+                None => NodeEvent::Nobody,
+                Some(cid)
+                    if !deleted
+                        && shared.links.event(&cid, Side::Host, facts) != Verdict::Recheck =>
+                {
+                    NodeEvent::Unchanged
+                }
+                Some(cid) => NodeEvent::Owner(cid),
             }
-            Some(cid)
         }
         KernelEvent::Route {
             dst, prefix_len, ..
-        } if *prefix_len == if dst.is_ipv4() { 32 } else { 128 } => shared.index.owner_of_addr(dst),
-        _ => None,
-    };
-    owner.map_or(NodeEvent::Nobody, NodeEvent::Owner)
+        } if *prefix_len == if dst.is_ipv4() { 32 } else { 128 } => shared
+            .index
+            .owner_of_addr(dst)
+            .map_or(NodeEvent::Nobody, NodeEvent::Owner),
+        _ => NodeEvent::Nobody,
+    }
 }
 
 /// Whether a kernel event inside `cid`'s container needs a look. Not:

@@ -34,7 +34,7 @@ pub enum Verdict {
     Recheck,
     /// The link is exactly as the last reconcile read it back.
     Unchanged,
-    /// The endpoint is being reconciled: [`LinkBook::finish`] decides.
+    /// The endpoint is being reconciled: [`Run::finish`] decides.
     Held,
 }
 
