@@ -171,7 +171,27 @@ fn drift_is_repaired_by_its_event_alone() {
     let b = agent.launch(1, &["app"]);
     let ifname = ifname_of(&agent, &a.id);
     let v4 = format!("{}/32", a.v4);
-    let breaks: [Break; 7] = [
+    let v6 = a.v6.to_string();
+    let gateway_v6 = reconcilers::endpoint::GATEWAY_V6.to_string();
+    let breaks: [Break; 9] = [
+        // The host side has no IPv6 address to solicit from: without this
+        // permanent entry nothing reaches the container over IPv6.
+        (
+            "delete the host's neighbour entry of the container's IPv6 address",
+            Box::new(|| {
+                agent
+                    .node
+                    .ns
+                    .ip(&["-6", "neigh", "del", &v6, "dev", &ifname]);
+            }),
+        ),
+        (
+            "delete the container's IPv6 gateway neighbour",
+            Box::new(|| {
+                a.container
+                    .exec_ok(&["ip", "-6", "neigh", "del", &gateway_v6, "dev", "eth0"]);
+            }),
+        ),
         (
             "delete the container's IPv4 address",
             Box::new(|| {
@@ -227,9 +247,20 @@ fn drift_is_repaired_by_its_event_alone() {
         let host = agent.node.ns.ip_json(&["link", "show", "dev", &ifname]);
         let addrs = a.container.exec_ok(&["ip", "addr", "show", "dev", "eth0"]);
         let routes = a.container.exec_ok(&["ip", "route", "show", "default"]);
+        let host_neighbours = agent.node.ns.ip(&["-6", "neigh", "show", "dev", &ifname]);
+        let gateway_neighbours = a
+            .container
+            .exec_ok(&["ip", "-6", "neigh", "show", "dev", "eth0"]);
+        let permanent = |table: &str, addr: &str| {
+            table
+                .lines()
+                .any(|l| l.starts_with(&format!("{addr} ")) && l.contains("PERMANENT"))
+        };
         is_up(&eth0)
             && is_up(&host)
             && host[0]["ifalias"] == "calico-mesos"
+            && permanent(&host_neighbours, &v6)
+            && permanent(&gateway_neighbours, &gateway_v6)
             && addrs.contains(&v4)
             && routes.contains("169.254.1.1")
             && agent

@@ -43,9 +43,38 @@ fn our_routes(node: &Node) -> Vec<String> {
     out
 }
 
-/// The host side's gateway, as [`host_ipv6_addresses`] shows it: no DAD
-/// (so never tentative), no prefix route, valid forever.
-const GATEWAY: &str = "fe80::ecee:eeff:feee:eeee/128 nodad noprefixroute forever";
+/// The host's IPv6 neighbour entries on `dev` in the node, as `address
+/// lladdr state...`.
+fn host_ipv6_neighbours(node: &Node, dev: &str) -> Vec<String> {
+    let v = node.ns.ip_json(&["-6", "neigh", "show", "dev", dev]);
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let states: Vec<&str> = n["state"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+                .unwrap_or_default();
+            format!(
+                "{} lladdr {} {}",
+                n["dst"].as_str().unwrap(),
+                n["lladdr"].as_str().unwrap_or("-"),
+                states.join(",")
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The MAC of `eth0` in container `c`.
+fn eth0_mac(c: &Container) -> String {
+    c.ip_json(&["link", "show", "dev", "eth0"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
 
 /// The IPv6 addresses on `dev` in the node as `address/prefix flag ...`
 /// (the flags `ip -j` reports, in a fixed order; `forever` when it never
@@ -120,24 +149,39 @@ fn builds_pings_repairs_and_removes() {
         node.ns.sysctl(&format!("net/ipv4/conf/{ha}/forwarding")),
         "1"
     );
-    // The host side's IPv6: no address of the kernel's own, only the
-    // containers' gateway, which we add as a /128 without a prefix route.
+    // The host side's IPv6: no address at all (none of the kernel's own,
+    // none of ours), so no local, prefix or anycast route per veth; a
+    // permanent neighbour entry per container address, to eth0's MAC (the
+    // one we gave it).
     assert_eq!(
         node.ns.sysctl(&format!("net/ipv6/conf/{ha}/addr_gen_mode")),
         "1"
     );
-    assert_eq!(host_ipv6_addresses(&node, &ha), vec![GATEWAY]);
+    assert_eq!(host_ipv6_addresses(&node, &ha), Vec::<String>::new());
+    assert_eq!(host_ipv6_addresses(&node, &hb), Vec::<String>::new());
+    let mac_a = eth0_mac(&a);
     assert_eq!(
-        host_ipv6_addresses(&node, &hb),
-        vec![GATEWAY],
-        "the same gateway on every host veth"
+        mac_a,
+        reconcilers::endpoint::format_mac(&reconcilers::endpoint::container_mac("container-a"))
     );
-    let fe80: Vec<String> = [&ha, &hb]
+    assert_eq!(first.container_mac.as_deref(), Some(mac_a.as_str()));
+    assert_eq!(
+        host_ipv6_neighbours(&node, &ha),
+        vec![format!("2001:db8:1::1 lladdr {mac_a} PERMANENT")]
+    );
+    assert_eq!(
+        host_ipv6_neighbours(&node, &hb),
+        vec![format!("2001:db8:1::2 lladdr {} PERMANENT", eth0_mac(&b))]
+    );
+    let per_veth: Vec<String> = [&ha, &hb]
         .iter()
         .flat_map(|h| ipv6_routes(&node, &["table", "all", "dev", h]))
-        .filter(|r| r.starts_with("fe80::/64") || r.contains("anycast"))
+        .filter(|r| r.starts_with("fe80") || r.starts_with("local") || r.contains("anycast"))
         .collect();
-    assert!(fe80.is_empty(), "prefix and anycast routes: {fe80:?}");
+    assert!(
+        per_veth.is_empty(),
+        "local, prefix and anycast routes: {per_veth:?}"
+    );
     assert_eq!(our_routes(&node), {
         let mut v = vec![
             format!("198.18.0.1 dev {ha}"),
@@ -205,15 +249,24 @@ fn builds_pings_repairs_and_removes() {
             }),
         ),
         (
-            "delete the host side's IPv6 gateway address",
+            "delete the host's neighbour entry for the container's IPv6 address",
+            Box::new(|| {
+                node.ns
+                    .ip(&["-6", "neigh", "del", "2001:db8:1::1", "dev", &ha]);
+            }),
+        ),
+        (
+            "an IPv6 address on the host side (the previous version's gateway)",
             Box::new(|| {
                 node.ns.ip(&[
                     "-6",
                     "addr",
-                    "del",
+                    "add",
                     "fe80::ecee:eeff:feee:eeee/128",
                     "dev",
                     &ha,
+                    "nodad",
+                    "noprefixroute",
                 ]);
             }),
         ),
@@ -254,10 +307,47 @@ fn builds_pings_repairs_and_removes() {
             ping(&a, IpAddr::V6(node.v6)),
             "{what}: IPv6 through the link-local gateway after repair"
         );
-        assert_eq!(host_ipv6_addresses(&node, &ha), vec![GATEWAY], "{what}");
+        assert_eq!(
+            host_ipv6_addresses(&node, &ha),
+            Vec::<String>::new(),
+            "{what}"
+        );
+        assert_eq!(
+            host_ipv6_neighbours(&node, &ha),
+            vec![format!("2001:db8:1::1 lladdr {} PERMANENT", eth0_mac(&a))],
+            "{what}"
+        );
         let link = &node.ns.ip_json(&["-d", "link", "show", &ha])[0];
         assert_eq!(link["ifalias"], reconcilers::OWNER_ALIAS, "{what}");
     }
+
+    // eth0 given another MAC: the host's IPv6 entry follows it (and the
+    // container's gateway entries, which the kernel flushes with any MAC
+    // change, come back). IPv4 is the kernel's own ARP: its cached entry
+    // for the old MAC recovers by itself, in seconds, so it is not pinged.
+    a.exec_ok(&["ip", "link", "set", "eth0", "address", "02:00:00:00:00:77"]);
+    let repaired = in_node(&node, async |dp| dp.ensure(&sa, false).await.unwrap());
+    use reconcilers::endpoint::{Action, ContainerNeighbour, HostNeighbour};
+    assert_eq!(
+        repaired.actions,
+        vec![
+            Action::ReplaceContainerNeighbour(ContainerNeighbour::GatewayV4),
+            Action::ReplaceContainerNeighbour(ContainerNeighbour::GatewayV6),
+            Action::ReplaceHostNeighbour {
+                host: ha.clone(),
+                neighbour: HostNeighbour {
+                    addr: sa.ipv6[0],
+                    lladdr: vec![2, 0, 0, 0, 0, 0x77],
+                },
+            }
+        ]
+    );
+    assert_eq!(
+        host_ipv6_neighbours(&node, &ha),
+        vec!["2001:db8:1::1 lladdr 02:00:00:00:00:77 PERMANENT".to_string()]
+    );
+    assert!(ping(&node.ns, a6), "IPv6 to the new MAC");
+    assert!(ping(&b, a6), "IPv6 from a neighbour to the new MAC");
 
     // Removal takes everything of a, and nothing of b.
     let removed = in_node(&node, async |dp| {

@@ -387,6 +387,22 @@ fn an_endpoint_sends_only_from_its_own_addresses() {
     h.node
         .ns
         .ip(&["route", "add", &format!("{spoof6}/128"), "dev", &a.ifname]);
+    // (the host side has no IPv6 address to solicit from: the endpoint
+    // reconciler writes a permanent neighbour per address, so does the test)
+    let eth0 = a.c.exec_ok(&["ip", "-br", "link", "show", "dev", "eth0"]);
+    let eth0_mac = eth0.split_whitespace().nth(2).expect("eth0's MAC");
+    h.node.ns.ip(&[
+        "-6",
+        "neigh",
+        "replace",
+        &spoof6.to_string(),
+        "lladdr",
+        eth0_mac,
+        "dev",
+        &a.ifname,
+        "nud",
+        "permanent",
+    ]);
     let node4 = IpAddr::V4(h.node.v4);
     let node6 = IpAddr::V6(h.node.v6);
     // (the source is forced: with two addresses the kernel may pick either)

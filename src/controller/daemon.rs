@@ -30,12 +30,13 @@ use crate::plugin::{self, request};
 use crate::store::mirror::MirroredStore;
 use crate::store::{self, keys, Change, Store, StoreError};
 use anyhow::Context as _;
-use reconcilers::endpoint::{Action, CONTAINER_IFNAME};
+use reconcilers::endpoint::{Action, CONTAINER_IFNAME, GATEWAY_V4, GATEWAY_V6};
 use reconcilers::events::{Event, Events, KernelEvent, ProcessExit};
 use reconcilers::policy::{NftEvent, NftEvents};
 use reconcilers::HOST_IFNAME_PREFIX;
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1073,7 +1074,9 @@ enum NodeEvent {
 }
 
 /// Whose is a kernel event in the node's namespace: the endpoint whose
-/// host link it is about, or that holds the address of a host route.
+/// host link it is about, or that holds the address of a host route or of
+/// an IPv6 neighbour entry (ours, on its host link). IPv4 neighbour
+/// entries are the kernel's own (ARP on the host veths): nobody's.
 fn node_event_owner(shared: &Shared, event: &KernelEvent) -> NodeEvent {
     match event {
         KernelEvent::Link { facts, deleted } if facts.name.starts_with(HOST_IFNAME_PREFIX) => {
@@ -1094,6 +1097,13 @@ fn node_event_owner(shared: &Shared, event: &KernelEvent) -> NodeEvent {
             .index
             .owner_of_addr(dst)
             .map_or(NodeEvent::Nobody, NodeEvent::Owner),
+        KernelEvent::Neighbour {
+            address: Some(address @ IpAddr::V6(_)),
+            ..
+        } => shared
+            .index
+            .owner_of_addr(address)
+            .map_or(NodeEvent::Nobody, NodeEvent::Owner),
         _ => NodeEvent::Nobody,
     }
 }
@@ -1103,7 +1113,8 @@ fn node_event_owner(shared: &Shared, event: &KernelEvent) -> NodeEvent {
 /// and link changes, which have events of their own, and none is the
 /// planner's); an address of the endpoint's own appearing (as wanted:
 /// the kernel says so again when duplicate address detection ends);
-/// `eth0` with nothing changed that the planner reads.
+/// `eth0` with nothing changed that the planner reads; a neighbour entry
+/// other than the gateways' (the only ones the planner makes there).
 fn container_event_needs_look(shared: &Shared, cid: &str, event: &KernelEvent) -> bool {
     match event {
         KernelEvent::Route {
@@ -1120,6 +1131,9 @@ fn container_event_needs_look(shared: &Shared, cid: &str, event: &KernelEvent) -
             deleted: false,
         } if facts.name == CONTAINER_IFNAME => {
             shared.links.event(cid, Side::Eth0, facts) == Verdict::Recheck
+        }
+        KernelEvent::Neighbour { address, .. } => {
+            *address == Some(IpAddr::V4(GATEWAY_V4)) || *address == Some(IpAddr::V6(GATEWAY_V6))
         }
         _ => true,
     }

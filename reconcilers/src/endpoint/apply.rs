@@ -11,9 +11,7 @@ use crate::ROUTE_PROTOCOL;
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{
-    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
-};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
@@ -263,11 +261,16 @@ impl<'a> Applier<'a> {
                 self.send(h, a, RouteNetlinkMessage::DelLink(m), CHANGE)
                     .await
             }
-            Action::CreateVeth { host } => {
+            Action::CreateVeth {
+                host,
+                container_mac,
+            } => {
                 let ns = self.container(a)?.ns;
                 let mut peer = LinkMessage::default();
                 peer.attributes
                     .push(LinkAttribute::IfName(CONTAINER_IFNAME.to_string()));
+                peer.attributes
+                    .push(LinkAttribute::Address(container_mac.to_vec()));
                 peer.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
                 let mut m = LinkMessage::default();
                 m.attributes.push(LinkAttribute::IfName(host.clone()));
@@ -389,19 +392,6 @@ impl<'a> Applier<'a> {
                     source,
                 })
             }
-            Action::AddHostGateway { host } => {
-                let index = self.index_of(Side::Node, host, a).await?;
-                let gw = HostAddress::gateway();
-                let mut m = address_message(index, IpAddr::V6(gw.addr), gw.prefix_len);
-                // Permanent, usable at once (no DAD), and no route for its
-                // prefix: the local route is all the containers need.
-                m.header.flags = AddressHeaderFlags::Nodad;
-                m.attributes.push(AddressAttribute::Flags(
-                    AddressFlags::Nodad | AddressFlags::Noprefixroute,
-                ));
-                self.send(self.node, a, RouteNetlinkMessage::NewAddress(m), REPLACE)
-                    .await
-            }
             Action::DeleteHostAddress {
                 host,
                 addr,
@@ -451,19 +441,15 @@ impl<'a> Applier<'a> {
             }
             Action::ReplaceContainerNeighbour(n) => {
                 let index = self.index_of(Side::Container, CONTAINER_IFNAME, a).await?;
-                let mut m = NeighbourMessage::default();
-                m.header.family = family(n.ip());
-                m.header.ifindex = index;
-                m.header.state = NeighbourState::Permanent;
-                m.attributes
-                    .push(NeighbourAttribute::Destination(match n.ip() {
-                        IpAddr::V4(v) => NeighbourAddress::Inet(v),
-                        IpAddr::V6(v) => NeighbourAddress::Inet6(v),
-                    }));
-                m.attributes
-                    .push(NeighbourAttribute::LinkLayerAddress(HOST_MAC.to_vec()));
+                let m = permanent_neighbour(index, n.ip(), &HOST_MAC);
                 let h = self.container(a)?.handle;
                 self.send(h, a, RouteNetlinkMessage::NewNeighbour(m), REPLACE)
+                    .await
+            }
+            Action::ReplaceHostNeighbour { host, neighbour } => {
+                let index = self.index_of(Side::Node, host, a).await?;
+                let m = permanent_neighbour(index, IpAddr::V6(neighbour.addr), &neighbour.lladdr);
+                self.send(self.node, a, RouteNetlinkMessage::NewNeighbour(m), REPLACE)
                     .await
             }
             Action::ReplaceHostRoute { dst, host } => {
@@ -493,6 +479,21 @@ fn address_message(index: u32, addr: IpAddr, prefix_len: u8) -> AddressMessage {
     m.header.index = index;
     m.attributes.push(AddressAttribute::Local(addr));
     m.attributes.push(AddressAttribute::Address(addr));
+    m
+}
+
+/// A permanent neighbour entry: `ip` on interface `index` is `lladdr`.
+fn permanent_neighbour(index: u32, ip: IpAddr, lladdr: &[u8]) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family(ip);
+    m.header.ifindex = index;
+    m.header.state = NeighbourState::Permanent;
+    m.attributes.push(NeighbourAttribute::Destination(match ip {
+        IpAddr::V4(v) => NeighbourAddress::Inet(v),
+        IpAddr::V6(v) => NeighbourAddress::Inet6(v),
+    }));
+    m.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(lladdr.to_vec()));
     m
 }
 

@@ -151,12 +151,20 @@ pub struct Inventory {
     pub routes: Vec<HostRoute>,
     /// (destination, output interface) of those that are host routes.
     host_routes: std::collections::HashSet<(std::net::IpAddr, u32)>,
+    /// (address, interface) of the node's permanent IPv6 neighbour entries.
+    neighbours: std::collections::HashSet<(std::net::Ipv6Addr, u32)>,
 }
 
 impl Inventory {
     /// True when a host route of ours for `dst` goes through `oif`.
     pub fn has_route(&self, dst: std::net::IpAddr, oif: u32) -> bool {
         self.host_routes.contains(&(dst, oif))
+    }
+
+    /// True when interface `index` has a permanent IPv6 neighbour entry
+    /// for `addr`.
+    pub fn has_neighbour(&self, addr: std::net::Ipv6Addr, index: u32) -> bool {
+        self.neighbours.contains(&(addr, index))
     }
 }
 
@@ -178,13 +186,6 @@ pub struct EndpointDataplane {
     visitor: std::sync::Mutex<Option<std::sync::Arc<NsVisitor>>>,
     /// The node's `/proc/sys/net/{ipv4,ipv6}/conf` directories.
     sysctls: NodeSysctls,
-}
-
-fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 struct ContainerConn {
@@ -270,6 +271,7 @@ impl EndpointDataplane {
         let observed = Observed {
             host: node.link,
             host_addresses: node.addresses,
+            host_neighbours: node.neighbours,
             host_routes: node.routes,
             container_nsid: node.nsid,
             container,
@@ -482,7 +484,7 @@ impl EndpointDataplane {
     }
 
     /// Everything on the node that looks like ours (one link dump, one
-    /// route dump per family): for the resync.
+    /// route dump per family, one IPv6 neighbour dump): for the resync.
     pub async fn inventory(&self) -> Result<Inventory, EndpointError> {
         let h = &self.node;
         // Veths only, without counters: the kernel filters by kind.
@@ -534,6 +536,10 @@ impl EndpointDataplane {
             .filter(|r| r.prefix_len == full_prefix(r.dst))
             .filter_map(|r| Some((r.dst, r.oif?)))
             .collect();
+        inv.neighbours = observe::permanent_ipv6_neighbours(h)
+            .await?
+            .into_iter()
+            .collect();
         Ok(inv)
     }
 
@@ -544,6 +550,7 @@ impl EndpointDataplane {
             spec,
             inv.links.get(&host_ifname(&spec.container_id)),
             |dst, oif| inv.has_route(dst, oif),
+            |addr, index| inv.has_neighbour(addr, index),
             self.force_forwarding,
         )
     }

@@ -13,20 +13,14 @@ pub const HOST_MAC: [u8; 6] = [0xee; 6];
 /// permanent neighbour entry (and by proxy ARP as a fallback).
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
-/// The host side's IPv6 link-local address, the container's IPv6 gateway:
-/// the EUI-64 address of [`HOST_MAC`] (`ee` with the U/L bit flipped is
-/// `ec`, `ff:fe` inserted in the middle). The kernel makes none on the host
-/// side (`addr_gen_mode` none): it is added by us, as a /128 without a
-/// prefix route and without duplicate address detection
-/// ([`GATEWAY_V6_PREFIX`]).
+/// The container's IPv6 gateway: the EUI-64 link-local address of
+/// [`HOST_MAC`] (`ee` with the U/L bit flipped is `ec`, `ff:fe` inserted in
+/// the middle). No interface has it: the container's permanent neighbour
+/// entry for it sends its IPv6 traffic to [`HOST_MAC`], and the host side
+/// forwards it. The host side has no IPv6 address at all; it reaches the
+/// container through a permanent neighbour entry per container address
+/// ([`HostNeighbour`]).
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
-
-/// The prefix length of [`GATEWAY_V6`] on the host side: a /128 makes the
-/// kernel join no subnet-router anycast address for it (RFC 6164), and
-/// with `IFA_F_NOPREFIXROUTE` it adds no `fe80::/64` route either, so each
-/// host veth adds one IPv6 route (its local route) instead of three to
-/// the lists every other host veth's share.
-pub const GATEWAY_V6_PREFIX: u8 = 128;
 
 /// The container-side interface name.
 pub const CONTAINER_IFNAME: &str = "eth0";
@@ -132,30 +126,23 @@ pub struct HostLink {
     pub sysctls: BTreeMap<Sysctl, i32>,
 }
 
-/// An IPv6 address on the host link.
+/// An IPv6 address on the host link: none is wanted there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostAddress {
     /// The address.
     pub addr: Ipv6Addr,
     /// Its prefix length.
     pub prefix_len: u8,
-    /// Added with `IFA_F_NOPREFIXROUTE` (no route for its prefix).
-    pub noprefixroute: bool,
-    /// Not usable: tentative (duplicate address detection running) or
-    /// failed duplicate address detection.
-    pub tentative: bool,
 }
 
-impl HostAddress {
-    /// The container's gateway exactly as the host side should have it.
-    pub fn gateway() -> HostAddress {
-        HostAddress {
-            addr: GATEWAY_V6,
-            prefix_len: GATEWAY_V6_PREFIX,
-            noprefixroute: true,
-            tentative: false,
-        }
-    }
+/// A permanent IPv6 neighbour entry on the host link: how the host side,
+/// which has no IPv6 address to solicit from, reaches a container address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostNeighbour {
+    /// The container's address.
+    pub addr: Ipv6Addr,
+    /// The MAC it resolves to (the container's `eth0`).
+    pub lladdr: Vec<u8>,
 }
 
 /// The container-side link named [`CONTAINER_IFNAME`].
@@ -251,6 +238,9 @@ pub struct Observed {
     pub host: Option<HostLink>,
     /// The host link's IPv6 addresses (empty when there is no host link).
     pub host_addresses: Vec<HostAddress>,
+    /// The permanent neighbour entries on the host link for the
+    /// container's IPv6 addresses (empty when there is no host link).
+    pub host_neighbours: Vec<HostNeighbour>,
     /// Relevant routes in the node namespace (see [`HostRoute`]).
     pub host_routes: Vec<HostRoute>,
     /// The id the node namespace has for the container's namespace
@@ -285,6 +275,9 @@ pub enum Action {
     CreateVeth {
         /// Host-side name.
         host: String,
+        /// The MAC `eth0` is given ([`container_mac`]), so that the plan
+        /// knows what the host's neighbour entries point to.
+        container_mac: [u8; 6],
     },
     /// Mark the host link as ours ([`crate::OWNER_ALIAS`]) and set its
     /// [`Sysctl::AddrGenMode`] to none, in one request, planned before it
@@ -311,14 +304,9 @@ pub enum Action {
         /// The value.
         value: i32,
     },
-    /// Add [`GATEWAY_V6`] to the host link ([`HostAddress::gateway`]: a
-    /// /128, no prefix route, no duplicate address detection).
-    AddHostGateway {
-        /// Host-side name.
-        host: String,
-    },
-    /// Remove an IPv6 address from the host link (one the kernel made on a
-    /// link of an older version, or anyone's but ours).
+    /// Remove an IPv6 address from the host link (the gateway address or
+    /// the kernel's link-local of a link made by an older version, or
+    /// anyone's): the host side has none.
     DeleteHostAddress {
         /// Host-side name.
         host: String,
@@ -351,6 +339,14 @@ pub enum Action {
     ReplaceContainerRoute(ContainerRoute),
     /// Add or replace a permanent neighbour entry inside the container.
     ReplaceContainerNeighbour(ContainerNeighbour),
+    /// Add or replace the permanent neighbour entry on the host link for a
+    /// container IPv6 address.
+    ReplaceHostNeighbour {
+        /// Host-side name.
+        host: String,
+        /// The entry.
+        neighbour: HostNeighbour,
+    },
     /// Add or replace the host route (/32 or /128, our protocol, main table)
     /// for a container address via the host link.
     ReplaceHostRoute {
@@ -371,6 +367,29 @@ pub enum Action {
         /// Output interface index.
         oif: u32,
     },
+}
+
+/// The MAC a new `eth0` of `container_id` gets: the first six bytes of
+/// the SHA-256 of the id, made a locally administered unicast address.
+/// Never [`HOST_MAC`].
+pub fn container_mac(container_id: &str) -> [u8; 6] {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(container_id.as_bytes());
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&digest[..6]);
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    if mac == HOST_MAC {
+        mac[5] ^= 1;
+    }
+    mac
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The prefix length of a host route for `addr`: 32 or 128.
@@ -403,10 +422,14 @@ impl std::fmt::Display for Action {
                     "delete the container's {CONTAINER_IFNAME} (index {index})"
                 )
             }
-            Action::CreateVeth { host } => {
+            Action::CreateVeth {
+                host,
+                container_mac,
+            } => {
                 write!(
                     f,
-                    "create veth {host} with peer {CONTAINER_IFNAME} in the container"
+                    "create veth {host} with peer {CONTAINER_IFNAME} (address {}) in the container",
+                    format_mac(container_mac)
                 )
             }
             Action::SetHostMac { host } => write!(f, "set {host} address ee:ee:ee:ee:ee:ee"),
@@ -421,10 +444,6 @@ impl std::fmt::Display for Action {
                 sysctl,
                 value,
             } => write!(f, "set {} = {value} ({side})", sysctl.path(ifname)),
-            Action::AddHostGateway { host } => write!(
-                f,
-                "add address {GATEWAY_V6}/{GATEWAY_V6_PREFIX} noprefixroute nodad to {host}"
-            ),
             Action::DeleteHostAddress {
                 host,
                 addr,
@@ -460,6 +479,12 @@ impl std::fmt::Display for Action {
                     n.ip()
                 )
             }
+            Action::ReplaceHostNeighbour { host, neighbour } => write!(
+                f,
+                "add neighbour {} lladdr {} permanent dev {host}",
+                neighbour.addr,
+                format_mac(&neighbour.lladdr)
+            ),
             Action::ReplaceHostRoute { dst, host } => {
                 write!(f, "add route {dst}/{} dev {host}", full_prefix(*dst))
             }

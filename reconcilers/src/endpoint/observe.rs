@@ -12,7 +12,6 @@ use super::plan::MAIN_TABLE;
 use crate::nl::Conn;
 use crate::nl::{dump_addresses, dump_addresses_of, own_address, request, NlError};
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, InfoKind, LinkAttribute, LinkExtentMask, LinkFlags,
     LinkInfo, LinkMessage,
@@ -77,6 +76,15 @@ pub enum ObserveError {
     /// Reading the container's addresses failed.
     #[error("cannot read the addresses of {ifname} in the container namespace")]
     Addresses {
+        /// Interface name.
+        ifname: String,
+        /// The netlink error.
+        #[source]
+        source: NlError,
+    },
+    /// Reading the host link's neighbour entries failed.
+    #[error("cannot read the neighbours of {ifname} in the node namespace")]
+    HostNeighbours {
         /// Interface name.
         ifname: String,
         /// The netlink error.
@@ -385,27 +393,12 @@ pub(crate) async fn host_addresses(
         })?;
     Ok(answers
         .iter()
-        .filter_map(|a| {
-            let IpAddr::V6(addr) = own_address(a)? else {
-                return None;
-            };
-            // IFA_FLAGS holds all 32 bits; the header only the low 8.
-            let flags = a
-                .attributes
-                .iter()
-                .find_map(|x| match x {
-                    AddressAttribute::Flags(f) => Some(*f),
-                    _ => None,
-                })
-                .unwrap_or_else(|| {
-                    AddressFlags::from_bits_retain(u32::from(a.header.flags.bits()))
-                });
-            Some(HostAddress {
+        .filter_map(|a| match own_address(a)? {
+            IpAddr::V6(addr) => Some(HostAddress {
                 addr,
                 prefix_len: a.header.prefix_len,
-                noprefixroute: flags.contains(AddressFlags::Noprefixroute),
-                tentative: flags.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed),
-            })
+            }),
+            IpAddr::V4(_) => None,
         })
         .collect())
 }
@@ -416,11 +409,13 @@ pub(crate) struct NodeSide {
     /// The host link's facts as read (see [`super::Links`]).
     pub facts: Option<LinkFacts>,
     pub addresses: Vec<HostAddress>,
+    pub neighbours: Vec<HostNeighbour>,
     pub nsid: Option<i32>,
     pub routes: Vec<HostRoute>,
 }
 
-/// Observes the node side: the host link and its IPv6 addresses, the
+/// Observes the node side: the host link, its IPv6 addresses and
+/// neighbour entries for the container's IPv6 addresses, the
 /// node's id for the container's namespace, and the routes that matter to
 /// this endpoint.
 pub(crate) async fn observe_node(
@@ -432,14 +427,21 @@ pub(crate) async fn observe_node(
     let (link, nsid) = futures::join!(
         async {
             let Some(l) = link_by_name(node, host_name, Side::Node).await? else {
-                return Ok((None, vec![]));
+                return Ok((None, vec![], vec![]));
             };
-            let addrs = host_addresses(node, l.index, host_name).await?;
-            Ok::<_, ObserveError>((Some(l), addrs))
+            let (addrs, neighbours) = futures::join!(
+                host_addresses(node, l.index, host_name),
+                host_neighbours(node, l.index, spec)
+            );
+            let neighbours = neighbours.map_err(|source| ObserveError::HostNeighbours {
+                ifname: host_name.to_string(),
+                source,
+            })?;
+            Ok::<_, ObserveError>((Some(l), addrs?, neighbours))
         },
         nsid_of(node, container_ns, spec.netns.pid)
     );
-    let ((link, addresses), nsid) = (link?, nsid?);
+    let ((link, addresses, neighbours), nsid) = (link?, nsid?);
     let mut routes: Vec<HostRoute> = Vec::new();
     let lookups = futures::future::join_all(spec.addresses().map(|a| host_route_for(node, a)));
     for (r, addr) in lookups.await.into_iter().zip(spec.addresses()) {
@@ -465,6 +467,7 @@ pub(crate) async fn observe_node(
         link: host,
         facts,
         addresses,
+        neighbours,
         nsid,
         routes,
     })
@@ -480,25 +483,25 @@ async fn container_addresses(h: &Conn, eth0: u32) -> Result<Vec<(IpAddr, u8)>, N
         .collect())
 }
 
-/// The answers about one gateway neighbour on `eth0`: a get of exactly that
-/// entry (kernels ≥ 5.0). A dump would walk the kernel's neighbour table,
-/// which is one table for every namespace of the host (two entries per
-/// container), filtering as it goes: it grew with the node. Older kernels
-/// (no such get) fall back to the dump.
+/// The answers about the neighbour entry for `ip` on interface `index`: a
+/// get of exactly that entry (kernels ≥ 5.0). A dump would walk the
+/// kernel's neighbour table, which is one table for every namespace of the
+/// host (several entries per container), filtering as it goes: it grew
+/// with the node. Older kernels (no such get) fall back to the dump.
 async fn neighbour_answers(
     h: &Conn,
-    eth0: u32,
-    which: ContainerNeighbour,
+    index: u32,
+    ip: IpAddr,
 ) -> Result<Vec<RouteNetlinkMessage>, NlError> {
-    let fam = match which.ip() {
+    let fam = match ip {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
     };
     let mut msg = NeighbourMessage::default();
     msg.header.family = fam;
-    msg.header.ifindex = eth0;
+    msg.header.ifindex = index;
     msg.attributes
-        .push(NeighbourAttribute::Destination(match which.ip() {
+        .push(NeighbourAttribute::Destination(match ip {
             IpAddr::V4(v) => NeighbourAddress::Inet(v),
             IpAddr::V6(v) => NeighbourAddress::Inet6(v),
         }));
@@ -510,7 +513,7 @@ async fn neighbour_answers(
     }
     let mut msg = NeighbourMessage::default();
     msg.header.family = fam;
-    msg.attributes.push(NeighbourAttribute::IfIndex(eth0));
+    msg.attributes.push(NeighbourAttribute::IfIndex(index));
     request(
         h,
         RouteNetlinkMessage::GetNeighbour(msg),
@@ -519,35 +522,113 @@ async fn neighbour_answers(
     .await
 }
 
+/// A permanent neighbour entry, as a neighbour message shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PermanentNeighbour {
+    /// The interface it is on.
+    pub index: u32,
+    /// Its address.
+    pub ip: IpAddr,
+    /// The link-layer address it resolves to.
+    pub lladdr: Vec<u8>,
+}
+
+/// The entry a neighbour message is about, if it is a permanent one with
+/// an address and a link-layer address.
+pub(crate) fn permanent_neighbour(n: &NeighbourMessage) -> Option<PermanentNeighbour> {
+    if n.header.state != NeighbourState::Permanent {
+        return None;
+    }
+    let mut ip = None;
+    let mut lladdr = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(*v)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
+                ip = Some(IpAddr::V6(*v))
+            }
+            NeighbourAttribute::LinkLayerAddress(l) => lladdr = Some(l.clone()),
+            _ => {}
+        }
+    }
+    Some(PermanentNeighbour {
+        index: n.header.ifindex,
+        ip: ip?,
+        lladdr: lladdr?,
+    })
+}
+
+/// The permanent entry for `ip` on interface `index`, if there is one.
+async fn permanent_neighbour_of(
+    h: &Conn,
+    index: u32,
+    ip: IpAddr,
+) -> Result<Option<PermanentNeighbour>, NlError> {
+    Ok(neighbour_answers(h, index, ip)
+        .await?
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => permanent_neighbour(n),
+            _ => None,
+        })
+        .find(|n| n.index == index && n.ip == ip))
+}
+
+/// Every permanent IPv6 neighbour entry of the namespace `h` is in, as
+/// (address, interface): one dump, for the resync's inventory.
+pub(crate) async fn permanent_ipv6_neighbours(h: &Conn) -> Result<Vec<(Ipv6Addr, u32)>, NlError> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Inet6;
+    let answers = request(
+        h,
+        RouteNetlinkMessage::GetNeighbour(msg),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )
+    .await?;
+    Ok(answers
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => permanent_neighbour(n),
+            _ => None,
+        })
+        .filter_map(|n| match n.ip {
+            IpAddr::V6(a) => Some((a, n.index)),
+            IpAddr::V4(_) => None,
+        })
+        .collect())
+}
+
 async fn container_neighbours(h: &Conn, eth0: u32) -> Result<Vec<ContainerNeighbour>, NlError> {
     let mut out = Vec::new();
     for which in [ContainerNeighbour::GatewayV4, ContainerNeighbour::GatewayV6] {
-        let answers = neighbour_answers(h, eth0, which).await?;
-        let found = answers.iter().any(|m| {
-            let RouteNetlinkMessage::NewNeighbour(n) = m else {
-                return false;
-            };
-            let mut dst = None;
-            let mut lladdr = None;
-            for a in &n.attributes {
-                match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
-                        dst = Some(IpAddr::V4(*v))
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
-                        dst = Some(IpAddr::V6(*v))
-                    }
-                    NeighbourAttribute::LinkLayerAddress(l) => lladdr = Some(l.clone()),
-                    _ => {}
-                }
-            }
-            n.header.ifindex == eth0
-                && n.header.state == NeighbourState::Permanent
-                && dst == Some(which.ip())
-                && lladdr.as_deref() == Some(&HOST_MAC[..])
-        });
-        if found {
+        let found = permanent_neighbour_of(h, eth0, which.ip()).await?;
+        if found.is_some_and(|n| n.lladdr == HOST_MAC) {
             out.push(which);
+        }
+    }
+    Ok(out)
+}
+
+/// The host's permanent neighbour entries on host link `index` for the
+/// container's IPv6 addresses (one get each).
+async fn host_neighbours(
+    node: &Conn,
+    index: u32,
+    spec: &EndpointSpec,
+) -> Result<Vec<HostNeighbour>, NlError> {
+    let gets = spec
+        .ipv6
+        .iter()
+        .map(|a| permanent_neighbour_of(node, index, IpAddr::V6(*a)));
+    let mut out = Vec::new();
+    for found in futures::future::join_all(gets).await {
+        if let Some(PermanentNeighbour {
+            ip: IpAddr::V6(addr),
+            lladdr,
+            ..
+        }) = found?
+        {
+            out.push(HostNeighbour { addr, lladdr });
         }
     }
     Ok(out)

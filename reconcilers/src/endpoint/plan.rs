@@ -5,7 +5,7 @@ use super::host_ifname;
 use super::model::*;
 use crate::ROUTE_PROTOCOL;
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 /// The main routing table.
 pub const MAIN_TABLE: u32 = 254;
@@ -43,15 +43,16 @@ pub fn is_pair(host: &HostLink, eth0: &ContainerLink, container_nsid: Option<i32
 ///
 /// Before them, `addr_gen_mode` none (with the alias, one netlink request,
 /// while the link is down: [`Action::ConfigureHostLink`]): the kernel then
-/// makes no link-local address of its own there, so
-/// nothing waits on duplicate address detection (no `accept_dad` needed)
-/// and the link gets no `fe80::/64` route and no anycast `fe80::`. Those
-/// are shared by every host veth (one list of siblings per key in the
-/// IPv6 FIB, walked on every insertion) and lengthen the whole-FIB walks
-/// that each carrier change makes: the ensure grew with the node. The
-/// gateway address the containers need is added by us instead
-/// ([`HostAddress::gateway`]). IPv4-only endpoints get it too: their host
-/// side needs no IPv6 address at all.
+/// makes no link-local address of its own there, and the host side has no
+/// IPv6 address at all. Every address on a host veth costs routes shared
+/// by every other one (its local route, and with a kernel-made /64 a
+/// `fe80::/64` route and an anycast `fe80::`: one list of siblings per key
+/// in the IPv6 FIB, walked on every insertion), and each add walks every
+/// address of the node (`addrconf_verify`): the ensure grew with the node.
+/// Without an address to solicit from, the host side reaches the container
+/// through a permanent neighbour entry per container IPv6 address
+/// ([`HostNeighbour`]); the container reaches [`GATEWAY_V6`] through its
+/// own permanent entry, so nothing ever solicits.
 fn host_sysctls(spec: &EndpointSpec, force_forwarding: bool) -> Vec<(Sysctl, i32)> {
     let mut v = vec![(Sysctl::Ipv4Forwarding, 1), (Sysctl::ProxyArp, 1)];
     if !spec.ipv6.is_empty() {
@@ -143,7 +144,11 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
         if let Some(e) = &obs.container.eth0 {
             actions.push(Action::DeleteContainerLink { index: e.index });
         }
-        actions.push(Action::CreateVeth { host: host.clone() });
+        let container_mac = container_mac(&spec.container_id);
+        actions.push(Action::CreateVeth {
+            host: host.clone(),
+            container_mac,
+        });
         host_now = HostLink {
             index: 0,
             is_veth: true,
@@ -157,7 +162,7 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
         eth0_now = ContainerLink {
             index: 0,
             is_veth: true,
-            mac: None,
+            mac: Some(container_mac.to_vec()),
             up: false,
             peer_index: None,
             sysctls: Default::default(),
@@ -190,25 +195,19 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
         }
     }
     // Host addresses (after `addr_gen_mode` none, so that the kernel makes
-    // no other; before up): the IPv6 gateway exactly, or nothing.
-    let want_gateway = !spec.ipv6.is_empty();
-    let gateway = HostAddress::gateway();
-    let have_host_addrs: BTreeSet<HostAddress> = if kept_index.is_some() {
-        obs.host_addresses.iter().copied().collect()
-    } else {
-        BTreeSet::new()
-    };
-    for a in &have_host_addrs {
-        if !(want_gateway && *a == gateway) {
+    // no other; before up): none. A link made by an older version has the
+    // gateway address, or the kernel's link-local.
+    if kept_index.is_some() {
+        let mut stale: Vec<&HostAddress> = obs.host_addresses.iter().collect();
+        stale.sort();
+        stale.dedup();
+        for a in stale {
             actions.push(Action::DeleteHostAddress {
                 host: host.clone(),
                 addr: a.addr,
                 prefix_len: a.prefix_len,
             });
         }
-    }
-    if want_gateway && !have_host_addrs.contains(&gateway) {
-        actions.push(Action::AddHostGateway { host: host.clone() });
     }
     if !host_now.up {
         actions.push(Action::SetLinkUp {
@@ -277,6 +276,23 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
         }
     }
 
+    // Host neighbours: one permanent entry per IPv6 address, to eth0's MAC,
+    // before the route that sends traffic their way.
+    if let Some(mac) = &eth0_now.mac {
+        for addr in &spec.ipv6 {
+            let want = HostNeighbour {
+                addr: *addr,
+                lladdr: mac.clone(),
+            };
+            if kept_index.is_none() || !obs.host_neighbours.contains(&want) {
+                actions.push(Action::ReplaceHostNeighbour {
+                    host: host.clone(),
+                    neighbour: want,
+                });
+            }
+        }
+    }
+
     // Host routes: one of ours per address through the host link ...
     for addr in &wanted {
         let ok = kept_index.is_some_and(|idx| {
@@ -322,13 +338,16 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
 }
 
 /// True when the node side of an endpoint is as `spec` wants it, judged
-/// from a node-wide inventory: its host veth (MAC, up, sysctls) and a route
-/// of ours through it for every address. The container side is not seen
+/// from a node-wide inventory: its host veth (MAC, up, sysctls), a route
+/// of ours through it for every address and a permanent neighbour entry on
+/// it for every IPv6 address (whose MAC is not judged: the inventory does
+/// not know the container's). The container side is not seen
 /// here. Pure: the resync uses it to find drift that made no event.
 pub fn host_side_matches(
     spec: &EndpointSpec,
     link: Option<&HostLink>,
     has_route: impl Fn(IpAddr, u32) -> bool,
+    has_neighbour: impl Fn(Ipv6Addr, u32) -> bool,
     force_forwarding: bool,
 ) -> bool {
     let Some(link) = link else {
@@ -342,6 +361,7 @@ pub fn host_side_matches(
             .iter()
             .all(|(sysctl, value)| link.sysctls.get(sysctl) == Some(value))
         && spec.addresses().all(|a| has_route(a, link.index))
+        && spec.ipv6.iter().all(|a| has_neighbour(*a, link.index))
 }
 
 #[cfg(test)]
@@ -381,38 +401,67 @@ mod host_side_tests {
     fn node_side_drift_is_seen_in_an_inventory() {
         let s = spec();
         let route = |dst: IpAddr, oif: u32| dst == IpAddr::V4(s.ipv4[0]) && oif == 7;
-        assert!(host_side_matches(&s, Some(&good_link()), route, false));
-        assert!(!host_side_matches(&s, None, route, false), "link missing");
+        assert!(host_side_matches(
+            &s,
+            Some(&good_link()),
+            route,
+            |_, _| true,
+            false
+        ));
         assert!(
-            !host_side_matches(&s, Some(&good_link()), |_, _| false, false),
+            !host_side_matches(&s, None, route, |_, _| true, false),
+            "link missing"
+        );
+        assert!(
+            !host_side_matches(&s, Some(&good_link()), |_, _| false, |_, _| true, false),
             "route missing"
         );
         let mut l = good_link();
         l.sysctls.insert(Sysctl::ProxyArp, 0);
         assert!(
-            !host_side_matches(&s, Some(&l), route, false),
+            !host_side_matches(&s, Some(&l), route, |_, _| true, false),
             "proxy_arp off"
         );
         let mut l = good_link();
         l.sysctls.insert(Sysctl::AddrGenMode, 0);
         assert!(
-            !host_side_matches(&s, Some(&l), route, false),
+            !host_side_matches(&s, Some(&l), route, |_, _| true, false),
             "the kernel's own link-local addresses back on"
         );
         let mut l = good_link();
         l.marked = false;
-        assert!(!host_side_matches(&s, Some(&l), route, false), "alias");
+        assert!(
+            !host_side_matches(&s, Some(&l), route, |_, _| true, false),
+            "alias"
+        );
         let mut l = good_link();
         l.up = false;
-        assert!(!host_side_matches(&s, Some(&l), route, false), "down");
+        assert!(
+            !host_side_matches(&s, Some(&l), route, |_, _| true, false),
+            "down"
+        );
         let mut l = good_link();
         l.mac = Some(vec![2, 0, 0, 0, 0, 1]);
-        assert!(!host_side_matches(&s, Some(&l), route, false), "MAC");
+        assert!(
+            !host_side_matches(&s, Some(&l), route, |_, _| true, false),
+            "MAC"
+        );
         let mut l = good_link();
         l.index = 8;
         assert!(
-            !host_side_matches(&s, Some(&l), route, false),
+            !host_side_matches(&s, Some(&l), route, |_, _| true, false),
             "route via another link"
+        );
+        let mut s6 = spec();
+        s6.ipv6 = vec!["2001:db8::1".parse().unwrap()];
+        let route6 = |_: IpAddr, oif: u32| oif == 7;
+        let neigh = |a: Ipv6Addr, oif: u32| a == s6.ipv6[0] && oif == 7;
+        let mut l = good_link();
+        l.sysctls.insert(Sysctl::Ipv6Forwarding, 1);
+        assert!(host_side_matches(&s6, Some(&l), route6, neigh, false));
+        assert!(
+            !host_side_matches(&s6, Some(&l), route6, |_, _| false, false),
+            "the host's neighbour entry for the container's IPv6 address is gone"
         );
     }
 }

@@ -90,9 +90,15 @@ fn converged(s: &EndpointSpec, force_forwarding: bool) -> Observed {
     ]
     .into();
     let mut eth0_sysctls = BTreeMap::new();
-    let mut host_addresses = vec![];
+    let host_neighbours = s
+        .ipv6
+        .iter()
+        .map(|a| HostNeighbour {
+            addr: *a,
+            lladdr: ETH0_MAC.to_vec(),
+        })
+        .collect();
     if v6 {
-        host_addresses.push(HostAddress::gateway());
         host_sysctls.insert(Sysctl::Ipv6Forwarding, 1);
         if force_forwarding {
             host_sysctls.insert(Sysctl::Ipv6ForceForwarding, 1);
@@ -120,7 +126,8 @@ fn converged(s: &EndpointSpec, force_forwarding: bool) -> Observed {
             peer_netnsid: Some(NSID),
             sysctls: host_sysctls,
         }),
-        host_addresses,
+        host_addresses: vec![],
+        host_neighbours,
         host_routes: s.addresses().map(|a| our_route(a, HOST_IDX)).collect(),
         container_nsid: Some(NSID),
         container: ContainerState {
@@ -167,7 +174,10 @@ fn eth0(o: &mut Observed) -> &mut ContainerLink {
 // Actions, short.
 
 fn create() -> Action {
-    Action::CreateVeth { host: host() }
+    Action::CreateVeth {
+        host: host(),
+        container_mac: container_mac(CID),
+    }
 }
 fn set_mac() -> Action {
     Action::SetHostMac { host: host() }
@@ -191,8 +201,19 @@ fn eth0_sysctl(sysctl: Sysctl, value: i32) -> Action {
 fn configure() -> Action {
     Action::ConfigureHostLink { host: host() }
 }
-fn add_gw() -> Action {
-    Action::AddHostGateway { host: host() }
+/// The host's neighbour entry for `addr`, to `mac`.
+fn h_neigh(addr: Ipv6Addr, mac: &[u8]) -> Action {
+    Action::ReplaceHostNeighbour {
+        host: host(),
+        neighbour: HostNeighbour {
+            addr,
+            lladdr: mac.to_vec(),
+        },
+    }
+}
+/// The host's neighbour entry for `addr` to a new `eth0`'s MAC.
+fn h_neigh_new(addr: Ipv6Addr) -> Action {
+    h_neigh(addr, &container_mac(CID))
 }
 fn del_host_addr(addr: Ipv6Addr, prefix_len: u8) -> Action {
     Action::DeleteHostAddress {
@@ -202,18 +223,17 @@ fn del_host_addr(addr: Ipv6Addr, prefix_len: u8) -> Action {
     }
 }
 /// An IPv6 address on the host link.
-fn host_addr(addr: Ipv6Addr, prefix_len: u8, noprefixroute: bool, tentative: bool) -> HostAddress {
-    HostAddress {
-        addr,
-        prefix_len,
-        noprefixroute,
-        tentative,
-    }
+fn host_addr(addr: Ipv6Addr, prefix_len: u8) -> HostAddress {
+    HostAddress { addr, prefix_len }
 }
 /// The link-local address the kernel makes itself when `addr_gen_mode` is
 /// not none (on links of an older version): with its `fe80::/64` route.
 fn kernel_link_local() -> HostAddress {
-    host_addr(GATEWAY_V6, 64, false, false)
+    host_addr(GATEWAY_V6, 64)
+}
+/// The gateway address the previous version put on the host link.
+fn old_gateway() -> HostAddress {
+    host_addr(GATEWAY_V6, 128)
 }
 fn up_host() -> Action {
     Action::SetLinkUp {
@@ -384,7 +404,6 @@ fn cases() -> Vec<Case> {
         node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
                 node_sysctl(Sysctl::Ipv6Forwarding, 1),
-                add_gw(),
                 up_host(),
                 eth0_sysctl(Sysctl::AddrGenMode, 1),
                 up_eth0(),
@@ -392,6 +411,7 @@ fn cases() -> Vec<Case> {
                 add_addr(ip6(1)),
                 c_route(ContainerRoute::DefaultV6),
                 c_neigh(ContainerNeighbour::GatewayV6),
+                h_neigh_new(v6(1)),
                 host_route(ip6(1)),
             ]),
         ),
@@ -406,7 +426,6 @@ fn cases() -> Vec<Case> {
                 node_sysctl(Sysctl::ProxyArp, 1),
                 node_sysctl(Sysctl::Ipv6Forwarding, 1),
                 node_sysctl(Sysctl::Ipv6ForceForwarding, 1),
-                add_gw(),
                 up_host(),
                 eth0_sysctl(Sysctl::AddrGenMode, 1),
                 up_eth0(),
@@ -419,6 +438,7 @@ fn cases() -> Vec<Case> {
                 c_route(ContainerRoute::DefaultV6),
                 c_neigh(ContainerNeighbour::GatewayV4),
                 c_neigh(ContainerNeighbour::GatewayV6),
+                h_neigh_new(v6(1)),
                 host_route(ip4(1)),
                 host_route(ip4(2)),
                 host_route(ip6(1)),
@@ -434,7 +454,6 @@ fn cases() -> Vec<Case> {
         node_sysctl(Sysctl::Ipv4Forwarding, 1),
                 node_sysctl(Sysctl::ProxyArp, 1),
                 node_sysctl(Sysctl::Ipv6Forwarding, 1),
-                add_gw(),
                 up_host(),
                 eth0_sysctl(Sysctl::AddrGenMode, 1),
                 up_eth0(),
@@ -446,6 +465,7 @@ fn cases() -> Vec<Case> {
                 c_route(ContainerRoute::DefaultV6),
                 c_neigh(ContainerNeighbour::GatewayV4),
                 c_neigh(ContainerNeighbour::GatewayV6),
+                h_neigh_new(v6(1)),
                 host_route(ip4(1)),
                 host_route(ip6(1)),
             ]),
@@ -643,48 +663,56 @@ fn cases() -> Vec<Case> {
             Ok(vec![configure()]),
         ),
         case(
-            "the host's IPv6 gateway address missing",
+            "the host's neighbour entry for the container's IPv6 address missing",
             sd.clone(),
-            with(&sd, false, |o| o.host_addresses.clear()),
-            Ok(vec![add_gw()]),
+            with(&sd, false, |o| o.host_neighbours.clear()),
+            Ok(vec![h_neigh(v6(1), &ETH0_MAC)]),
         ),
         case(
-            "host link down and its addresses flushed, as the kernel does: gateway before up",
+            "host link down and its neighbour entries flushed, as the kernel does: up, then the entries",
             s6.clone(),
             with(&s6, true, |o| {
                 host_link(o).up = false;
-                o.host_addresses.clear();
+                o.host_neighbours.clear();
             }),
-            Ok(vec![add_gw(), up_host()]),
+            Ok(vec![up_host(), h_neigh(v6(1), &ETH0_MAC)]),
         ),
         case(
-            "the gateway tentative (added by someone with DAD): replaced",
+            "eth0 got another MAC: the host's entry follows it",
             s6.clone(),
             with(&s6, false, |o| {
-                o.host_addresses = vec![host_addr(GATEWAY_V6, 128, true, true)];
+                eth0(o).mac = Some(vec![2, 0, 0, 0, 0, 0x77]);
             }),
-            Ok(vec![del_host_addr(GATEWAY_V6, 128), add_gw()]),
+            Ok(vec![h_neigh(v6(1), &[2, 0, 0, 0, 0, 0x77])]),
         ),
         case(
-            "the gateway with a prefix route: replaced",
+            "the host's entry points to another MAC: replaced",
             s6.clone(),
             with(&s6, false, |o| {
-                o.host_addresses = vec![host_addr(GATEWAY_V6, 128, false, false)];
+                o.host_neighbours[0].lladdr = vec![2, 0, 0, 0, 0, 0x77];
             }),
-            Ok(vec![del_host_addr(GATEWAY_V6, 128), add_gw()]),
+            Ok(vec![h_neigh(v6(1), &ETH0_MAC)]),
         ),
         case(
-            "a host link of an older version (the kernel's link-local and fe80::/64): mode, then ours instead",
+            "a host link of the previous version (the gateway address, no neighbour entries): the address goes, the entries come",
+            sd.clone(),
+            with(&sd, false, |o| {
+                o.host_addresses = vec![old_gateway()];
+                o.host_neighbours.clear();
+            }),
+            Ok(vec![
+                del_host_addr(GATEWAY_V6, 128),
+                h_neigh(v6(1), &ETH0_MAC),
+            ]),
+        ),
+        case(
+            "a host link of an older version (the kernel's link-local and fe80::/64): mode, then the address goes",
             sd.clone(),
             with(&sd, false, |o| {
                 host_link(o).sysctls.insert(Sysctl::AddrGenMode, 0);
                 o.host_addresses = vec![kernel_link_local()];
             }),
-            Ok(vec![
-                configure(),
-                del_host_addr(GATEWAY_V6, 64),
-                add_gw(),
-            ]),
+            Ok(vec![configure(), del_host_addr(GATEWAY_V6, 64)]),
         ),
         case(
             "an IPv4-only host link of an older version: the kernel's link-local deleted",
@@ -699,7 +727,7 @@ fn cases() -> Vec<Case> {
             ]),
         ),
         case(
-            "the endpoint lost its IPv6 addresses: the gateway goes with its routes",
+            "the endpoint lost its IPv6 addresses: their entries are not looked at (only the spec's are read)",
             s4.clone(),
             with(&sd, false, |o| {
                 o.host_routes.retain(|r| r.dst.is_ipv4());
@@ -709,14 +737,14 @@ fn cases() -> Vec<Case> {
                 o.container.addresses.retain(|a| a.0 != ip4(2));
                 o.host_routes.retain(|r| r.dst != ip4(2));
             }),
-            Ok(vec![del_host_addr(GATEWAY_V6, 128)]),
+            Ok(vec![]),
         ),
         case(
             "extra IPv6 addresses on the host link are deleted, in order",
             sd.clone(),
             with(&sd, false, |o| {
-                o.host_addresses.push(host_addr(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1), 64, false, false));
-                o.host_addresses.insert(0, host_addr(v6(7), 128, false, false));
+                o.host_addresses.push(host_addr(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1), 64));
+                o.host_addresses.insert(0, host_addr(v6(7), 128));
             }),
             Ok(vec![
                 del_host_addr(v6(7), 128),
@@ -1151,8 +1179,14 @@ fn simulated_creation_is_converged() {
         let after = simulate(&nothing(ff), &actions, &s);
         assert_eq!(plan(&s, &after), Ok(vec![]));
         // The model and the hand-written converged state agree, apart from
-        // the indexes and the namespace id the kernel picked.
+        // the indexes and the namespace id the kernel picked, and eth0's
+        // MAC (the one we give a new eth0).
         let mut want = converged(&s, ff);
+        let mac = container_mac(CID).to_vec();
+        eth0(&mut want).mac = Some(mac.clone());
+        for n in &mut want.host_neighbours {
+            n.lladdr = mac.clone();
+        }
         let h = host_link(&mut want);
         h.index = after.host.as_ref().unwrap().index;
         h.peer_index = Some(after.container.eth0.as_ref().unwrap().index);
@@ -1235,6 +1269,7 @@ impl Kernel {
             self.state.host_routes.retain(|r| r.oif != Some(h.index));
         }
         self.state.host_addresses.clear();
+        self.state.host_neighbours.clear();
     }
 
     /// True when the host link is ready (up, with carrier: both ends up).
@@ -1294,7 +1329,10 @@ impl Kernel {
                 }
                 self.drop_eth0();
             }
-            Action::CreateVeth { host } => {
+            Action::CreateVeth {
+                host,
+                container_mac,
+            } => {
                 if *host != self.host_name {
                     return Err(format!("{host}: not the endpoint's name"));
                 }
@@ -1323,7 +1361,7 @@ impl Kernel {
                 self.state.container.eth0 = Some(ContainerLink {
                     index: ei,
                     is_veth: true,
-                    mac: Some(ETH0_MAC.to_vec()),
+                    mac: Some(container_mac.to_vec()),
                     up: false,
                     peer_index: Some(hi),
                     sysctls: BTreeMap::new(),
@@ -1348,19 +1386,6 @@ impl Kernel {
                     Side::Container => &mut self.eth0_by_name(ifname)?.sysctls,
                 };
                 map.insert(*sysctl, *value);
-            }
-            Action::AddHostGateway { host } => {
-                self.host_by_name(host)?;
-                // IPv6 addresses are keyed by address alone.
-                if self
-                    .state
-                    .host_addresses
-                    .iter()
-                    .any(|a| a.addr == GATEWAY_V6)
-                {
-                    return Err(format!("EEXIST: {GATEWAY_V6} already on {host}"));
-                }
-                self.state.host_addresses.push(HostAddress::gateway());
             }
             Action::DeleteHostAddress {
                 host,
@@ -1446,6 +1471,14 @@ impl Kernel {
                 if !c.neighbours.contains(n) {
                     c.neighbours.push(*n);
                 }
+            }
+            Action::ReplaceHostNeighbour { host, neighbour } => {
+                self.host_by_name(host)?;
+                // Keyed by address (on the one link).
+                self.state
+                    .host_neighbours
+                    .retain(|n| n.addr != neighbour.addr);
+                self.state.host_neighbours.push(neighbour.clone());
             }
             Action::ReplaceHostRoute { dst, host } => {
                 let h = self.host_by_name(host)?;
@@ -1673,18 +1706,16 @@ fn arb_host_routes() -> impl Strategy<Value = Vec<HostRoute>> {
     })
 }
 
-/// Host IPv6 addresses: ours, the kernel's of an older version, ours
-/// half-right, someone else's; one prefix per address (IPv6 keys by
-/// address alone).
+/// Host IPv6 addresses (all unwanted): the previous version's gateway,
+/// the kernel's of an older version, someone else's; one prefix per
+/// address (IPv6 keys by address alone).
 fn arb_host_addresses() -> impl Strategy<Value = Vec<HostAddress>> {
     prop::sample::subsequence(
         vec![
-            HostAddress::gateway(),
+            old_gateway(),
             kernel_link_local(),
-            host_addr(GATEWAY_V6, 128, true, true),
-            host_addr(GATEWAY_V6, 128, false, false),
-            host_addr(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1), 64, false, false),
-            host_addr(v6(7), 128, false, false),
+            host_addr(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1), 64),
+            host_addr(v6(7), 128),
         ],
         0..=3,
     )
@@ -1695,9 +1726,31 @@ fn arb_host_addresses() -> impl Strategy<Value = Vec<HostAddress>> {
     })
 }
 
+/// The host's neighbour entries for some pool addresses: to eth0's MAC, to
+/// another; one per address.
+fn arb_host_neighbours() -> impl Strategy<Value = Vec<HostNeighbour>> {
+    prop::collection::vec(
+        (
+            1..=5u16,
+            prop::sample::select(vec![ETH0_MAC.to_vec(), vec![2, 0, 0, 0, 0, 0x77]]),
+        ),
+        0..=3,
+    )
+    .prop_map(|v| {
+        let mut seen = BTreeSet::new();
+        v.into_iter()
+            .filter(|(n, _)| seen.insert(*n))
+            .map(|(n, lladdr)| HostNeighbour {
+                addr: v6(n),
+                lladdr,
+            })
+            .collect()
+    })
+}
+
 fn arb_observed() -> impl Strategy<Value = Observed> {
     (
-        (arb_host(), arb_host_addresses()),
+        (arb_host(), arb_host_addresses(), arb_host_neighbours()),
         arb_host_routes(),
         prop::sample::select(vec![Some(NSID), Some(NSID + 1), None]),
         arb_eth0(),
@@ -1720,7 +1773,7 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
     )
         .prop_map(
             |(
-                (host, host_addresses),
+                (host, host_addresses, host_neighbours),
                 host_routes,
                 nsid,
                 eth0,
@@ -1734,6 +1787,7 @@ fn arb_observed() -> impl Strategy<Value = Observed> {
                 let mut o = Observed {
                     host,
                     host_addresses,
+                    host_neighbours,
                     host_routes,
                     container_nsid: nsid,
                     container: ContainerState {
@@ -1792,6 +1846,7 @@ fn make_consistent(o: &mut Observed, pair: bool) {
     }
     if o.host.is_none() {
         o.host_addresses.clear();
+        o.host_neighbours.clear();
         // A route of ours through a link that is not there is one through
         // another link.
         for r in o.host_routes.iter_mut().filter(|r| r.oif == Some(HOST_IDX)) {
@@ -1814,6 +1869,9 @@ enum Drift {
     HostMac(Option<Vec<u8>>),
     DropHostAddresses,
     HostAddress(HostAddress),
+    DropHostNeighbours,
+    HostNeighbourMac(Vec<u8>),
+    Eth0Mac(Vec<u8>),
     HostSysctl(Sysctl, Option<i32>),
     Eth0Sysctl(Sysctl, Option<i32>),
     DropAddress(prop::sample::Index),
@@ -1855,6 +1913,11 @@ fn arb_drift() -> impl Strategy<Value = Drift> {
         arb_host_addresses()
             .prop_filter("one address", |v| !v.is_empty())
             .prop_map(|v| Drift::HostAddress(v[0])),
+        Just(Drift::DropHostNeighbours),
+        prop::sample::select(vec![vec![2, 0, 0, 0, 0, 0x77], vec![]])
+            .prop_map(Drift::HostNeighbourMac),
+        prop::sample::select(vec![vec![2, 0, 0, 0, 0, 0x78], container_mac(CID).to_vec()])
+            .prop_map(Drift::Eth0Mac),
         (sysctl.clone(), value.clone()).prop_map(|(k, v)| Drift::HostSysctl(k, v)),
         (sysctl, value).prop_map(|(k, v)| Drift::Eth0Sysctl(k, v)),
         any::<prop::sample::Index>().prop_map(Drift::DropAddress),
@@ -1931,6 +1994,12 @@ fn apply_drift(o: &mut Observed, d: &Drift) {
             o.host_addresses.retain(|x| x.addr != a.addr);
             o.host_addresses.push(*a);
         }
+        Drift::DropHostNeighbours => o.host_neighbours.clear(),
+        Drift::HostNeighbourMac(m) => o
+            .host_neighbours
+            .iter_mut()
+            .for_each(|n| n.lladdr = m.clone()),
+        Drift::Eth0Mac(m) => c.eth0.iter_mut().for_each(|e| e.mac = Some(m.clone())),
         Drift::HostSysctl(k, v) => o
             .host
             .iter_mut()

@@ -1,5 +1,5 @@
-//! Kernel events: one netlink multicast subscription (links, addresses,
-//! routes) in the node's namespace that also hears every container's
+//! Kernel events: one netlink multicast subscription (links, neighbours,
+//! addresses, routes) in the node's namespace that also hears every container's
 //! namespace, each event tagged with the id the node has for the namespace
 //! it happened in; and the exit of a container's process (a pidfd). The
 //! daemon turns them into the keys of the endpoints to re-check; this
@@ -47,6 +47,15 @@ pub enum KernelEvent {
     /// The kernel dropped events (the socket's buffer overran): anything
     /// may have changed unseen, in any namespace listened to.
     Overrun,
+    /// A neighbour entry appeared, changed state or went.
+    Neighbour {
+        /// The link's index.
+        index: u32,
+        /// The entry's address (`None` if the message carried none).
+        address: Option<IpAddr>,
+        /// True when it was deleted.
+        deleted: bool,
+    },
     /// An address was added to or removed from a link.
     Address {
         /// The link's index.

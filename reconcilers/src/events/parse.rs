@@ -11,8 +11,10 @@ use crate::nl::own_address;
 use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::route::RouteMessage;
 use netlink_packet_route::RouteNetlinkMessage;
+use std::net::IpAddr;
 
 /// `SOL_NETLINK`: the socket level of netlink's options and control messages.
 pub(crate) const SOL_NETLINK: i32 = libc::SOL_NETLINK;
@@ -29,8 +31,8 @@ fn nlmsg_align(len: usize) -> usize {
 
 /// The events in one datagram, in order, each with the port id of the
 /// netlink socket whose request caused it (`nlmsg_pid`; 0 when the kernel
-/// made the change on its own). Messages that are not link, address or
-/// route changes (or that cannot be decoded) are skipped; a truncated
+/// made the change on its own). Messages that are not link, neighbour,
+/// address or route changes (or that cannot be decoded) are skipped; a truncated
 /// message ends the datagram.
 pub(crate) fn kernel_events(datagram: &[u8]) -> Vec<(u32, KernelEvent)> {
     let mut out = Vec::new();
@@ -69,9 +71,24 @@ fn event_of(payload: NetlinkPayload<RouteNetlinkMessage>) -> Option<KernelEvent>
         RouteNetlinkMessage::DelLink(l) => Some(link_event(&l, true)),
         RouteNetlinkMessage::NewRoute(r) => route_event(&r, false),
         RouteNetlinkMessage::DelRoute(r) => route_event(&r, true),
+        RouteNetlinkMessage::NewNeighbour(n) => Some(neighbour_event(&n, false)),
+        RouteNetlinkMessage::DelNeighbour(n) => Some(neighbour_event(&n, true)),
         RouteNetlinkMessage::NewAddress(a) => Some(address_event(&a, false)),
         RouteNetlinkMessage::DelAddress(a) => Some(address_event(&a, true)),
         _ => None,
+    }
+}
+
+fn neighbour_event(n: &NeighbourMessage, deleted: bool) -> KernelEvent {
+    let address = n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(IpAddr::V4(*v)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => Some(IpAddr::V6(*v)),
+        _ => None,
+    });
+    KernelEvent::Neighbour {
+        index: n.header.ifindex,
+        address,
+        deleted,
     }
 }
 
@@ -155,12 +172,15 @@ mod tests {
     const OUR_ROUTE: &str = include_str!("fixtures/node_newroute_proto81_v4.hex");
     const DELLINK: &str = include_str!("fixtures/node_dellink_cali.hex");
     const CONTROL_NSID0: &str = include_str!("fixtures/control_nsid0.hex");
+    const NEWNEIGH: &str = include_str!("fixtures/node_newneigh_permanent_v6.hex");
+    const DELNEIGH: &str = include_str!("fixtures/node_delneigh_v6.hex");
 
     /// The port ids of the `ip` processes whose requests the fixtures
     /// captured (`ip` binds its socket to its own pid).
     const IP_ADDR_ADD: u32 = 5609;
     const IP_ADDR_DEL: u32 = 5610;
     const IP_ROUTE_ADD: u32 = 5612;
+    const IP_NEIGH_ADD: u32 = 12701;
     /// The port id of changes the kernel made on its own.
     const KERNEL: u32 = 0;
 
@@ -271,14 +291,41 @@ mod tests {
     }
 
     #[test]
-    fn other_messages_are_skipped() {
-        // The same RTM_NEWADDR bytes retyped as RTM_NEWNEIGH (28): no
-        // event, whether or not the body decodes; the next one is kept.
-        let mut neigh = hex(NEWADDR);
-        neigh[4..6].copy_from_slice(&28u16.to_ne_bytes());
-        neigh.extend(hex(DELADDR));
+    fn a_permanent_neighbour_added_and_deleted_in_the_node() {
+        let entry = Some("2001:db8:1::7".parse().unwrap());
         assert_eq!(
-            kinds(&neigh),
+            kernel_events(&hex(NEWNEIGH)),
+            vec![(
+                IP_NEIGH_ADD,
+                KernelEvent::Neighbour {
+                    index: 3,
+                    address: entry,
+                    deleted: false
+                }
+            )]
+        );
+        assert_eq!(
+            kernel_events(&hex(DELNEIGH)),
+            vec![(
+                KERNEL,
+                KernelEvent::Neighbour {
+                    index: 3,
+                    address: entry,
+                    deleted: true
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn other_messages_are_skipped() {
+        // The same RTM_NEWADDR bytes retyped as RTM_NEWRULE (32): no
+        // event, whether or not the body decodes; the next one is kept.
+        let mut rule = hex(NEWADDR);
+        rule[4..6].copy_from_slice(&32u16.to_ne_bytes());
+        rule.extend(hex(DELADDR));
+        assert_eq!(
+            kinds(&rule),
             vec![KernelEvent::Address {
                 index: 2,
                 address: Some("198.18.0.7".parse().unwrap()),

@@ -1,5 +1,5 @@
-//! The event socket: one netlink multicast subscription to link, address
-//! and route changes, made in the calling thread's namespace (the node's),
+//! The event socket: one netlink multicast subscription to link,
+//! neighbour, address and route changes, made in the calling thread's namespace (the node's),
 //! read with `recvmsg` so that, with `NETLINK_LISTEN_ALL_NSID`, each
 //! datagram comes with the id of the namespace it happened in.
 //!
@@ -21,6 +21,7 @@ const fn group_bit(group: u32) -> u32 {
     1 << (group - 1)
 }
 const GROUP_LINK: u32 = group_bit(1);
+const GROUP_NEIGH: u32 = group_bit(3);
 const GROUP_IPV4_IFADDR: u32 = group_bit(5);
 const GROUP_IPV4_ROUTE: u32 = group_bit(7);
 const GROUP_IPV6_IFADDR: u32 = group_bit(9);
@@ -52,7 +53,12 @@ fn open(all_namespaces: bool) -> std::io::Result<Socket> {
     let mut s = Socket::new(NETLINK_ROUTE)?;
     s.bind(&SocketAddr::new(
         0,
-        GROUP_LINK | GROUP_IPV4_IFADDR | GROUP_IPV4_ROUTE | GROUP_IPV6_IFADDR | GROUP_IPV6_ROUTE,
+        GROUP_LINK
+            | GROUP_NEIGH
+            | GROUP_IPV4_IFADDR
+            | GROUP_IPV4_ROUTE
+            | GROUP_IPV6_IFADDR
+            | GROUP_IPV6_ROUTE,
     ))?;
     s.set_rx_buf_sz(RX_BUFFER)?;
     if all_namespaces {
