@@ -176,41 +176,56 @@ fn setns_net(fd: &File) -> std::io::Result<()> {
     }
 }
 
+/// Starts a thread named `name` that enters the namespace `ns` refers to
+/// and then runs `f`, handing it the outcome of entering (on failure the
+/// thread is still in the namespace it was started from, and `f` should
+/// only report it). The new thread's namespace is made explicit: a thread
+/// inherits its creator's, but nothing depends on that.
+pub(crate) fn spawn_in<F>(ns: &File, name: &str, f: F) -> Result<JoinHandle<()>, NetnsError>
+where
+    F: FnOnce(std::io::Result<()>) + Send + 'static,
+{
+    let spawn_error = |source| NetnsError::Spawn {
+        label: name.to_string(),
+        source,
+    };
+    let ns = ns.try_clone().map_err(spawn_error)?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || f(setns_net(&ns)))
+        .map_err(spawn_error)
+}
+
 impl NsVisitor {
     /// Starts the thread; its home is the namespace `home` refers to (an
     /// nsfs file, e.g. from [`open_current`]).
     pub fn spawn(home: &File) -> Result<NsVisitor, NetnsError> {
-        let label = "namespace visitor".to_string();
-        let home = home.try_clone().map_err(|source| NetnsError::Spawn {
-            label: label.clone(),
+        let home_again = home.try_clone().map_err(|source| NetnsError::Spawn {
+            label: "namespace visitor".to_string(),
             source,
         })?;
         let (tx, rx) = mpsc::channel::<(File, NsJob)>();
-        let join = std::thread::Builder::new()
-            .name("netns-visitor".into())
-            .spawn(move || {
-                // The spawning thread's namespace, made explicit: a new
-                // thread inherits it, but nothing depends on that.
-                if setns_net(&home).is_err() {
+        let join = spawn_in(home, "netns-visitor", move |at_home| {
+            let home = home_again;
+            if at_home.is_err() {
+                return;
+            }
+            while let Ok((target, job)) = rx.recv() {
+                let entered = setns_net(&target);
+                drop(target);
+                let moved = entered.is_ok();
+                // On failure the job only reports it: still at home.
+                job(entered);
+                if !moved {
+                    continue;
+                }
+                if let Err(e) = setns_net(&home) {
+                    // Never run another job from a foreign namespace.
+                    tracing::error!(error = %e, "namespace visitor cannot return home; stopping it");
                     return;
                 }
-                while let Ok((target, job)) = rx.recv() {
-                    let entered = setns_net(&target);
-                    drop(target);
-                    let moved = entered.is_ok();
-                    // On failure the job only reports it: still at home.
-                    job(entered);
-                    if !moved {
-                        continue;
-                    }
-                    if let Err(e) = setns_net(&home) {
-                        // Never run another job from a foreign namespace.
-                        tracing::error!(error = %e, "namespace visitor cannot return home; stopping it");
-                        return;
-                    }
-                }
-            })
-            .map_err(|source| NetnsError::Spawn { label, source })?;
+            }
+        })?;
         Ok(NsVisitor {
             tx: std::sync::Mutex::new(Some(tx)),
             join: std::sync::Mutex::new(Some(join)),

@@ -24,6 +24,14 @@ pub enum NlError {
     /// The connection is closed: the request could not be sent.
     #[error("netlink connection closed")]
     Closed,
+    /// The kernel did not do what was asked within the time allowed.
+    #[error("timed out after {after:?} waiting for {what}")]
+    TimedOut {
+        /// What was waited for.
+        what: String,
+        /// How long.
+        after: std::time::Duration,
+    },
     /// A netlink socket could not be created or configured.
     #[error("cannot create a netlink socket")]
     Socket {
@@ -85,7 +93,7 @@ pub fn container_port_id() -> u32 {
 
 /// A netlink route socket in the calling thread's namespace, bound to
 /// `port` when given and free there (else to whatever the kernel picks).
-fn new_socket(port: Option<u32>) -> std::io::Result<Socket> {
+pub(crate) fn new_socket(port: Option<u32>) -> std::io::Result<Socket> {
     let mut s = Socket::new(NETLINK_ROUTE)?;
     match port {
         Some(port) => match s.bind(&SocketAddr::new(port, 0)) {

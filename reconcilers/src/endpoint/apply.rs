@@ -146,6 +146,7 @@ impl NodeSysctls {
 /// remembered.
 pub(crate) struct Applier<'a> {
     node: &'a Conn,
+    home: &'a File,
     sysctls: &'a NodeSysctls,
     container: Option<ContainerSide<'a>>,
     host_index: Option<u32>,
@@ -167,11 +168,13 @@ impl<'a> Applier<'a> {
     /// An applier for the node namespace and, optionally, a container's.
     pub fn new(
         node: &'a Conn,
+        home: &'a File,
         sysctls: &'a NodeSysctls,
         container: Option<ContainerSide<'a>>,
     ) -> Self {
         Applier {
             node,
+            home,
             sysctls,
             container,
             host_index: None,
@@ -247,11 +250,13 @@ impl<'a> Applier<'a> {
     async fn apply(&mut self, a: &Action) -> Result<(), ApplyError> {
         match a {
             Action::DeleteHostLink { index, .. } => {
-                let mut m = LinkMessage::default();
-                m.header.index = *index;
                 self.host_index = None;
-                self.send(self.node, a, RouteNetlinkMessage::DelLink(m), CHANGE)
+                super::unlink::delete_link(self.node, self.home, *index)
                     .await
+                    .map_err(|source| ApplyError::Netlink {
+                        action: a.to_string(),
+                        source,
+                    })
             }
             Action::DeleteContainerLink { index } => {
                 let mut m = LinkMessage::default();

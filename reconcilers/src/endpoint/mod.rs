@@ -13,6 +13,7 @@ pub(crate) mod observe;
 mod plan;
 #[cfg(test)]
 mod plan_tests;
+mod unlink;
 
 pub use apply::ApplyError;
 pub use model::*;
@@ -335,7 +336,7 @@ impl EndpointDataplane {
             label: &c.label,
             ns: &c.ns,
         };
-        Applier::new(&self.node, &self.sysctls, Some(side))
+        Applier::new(&self.node, &self.home, &self.sysctls, Some(side))
             .apply_all(&ensured.actions)
             .await?;
         let started = std::time::Instant::now();
@@ -410,7 +411,7 @@ impl EndpointDataplane {
         } else {
             actions.to_vec()
         };
-        Applier::new(&self.node, &self.sysctls, None)
+        Applier::new(&self.node, &self.home, &self.sysctls, None)
             .apply_all(&rest)
             .await?;
         Ok(())
@@ -419,9 +420,9 @@ impl EndpointDataplane {
     /// Deletes host links, given as (name, index), in one unregister
     /// batch: each is moved into [`crate::DOOMED_LINK_GROUP`] (one cheap
     /// request per link), then one `RTM_DELLINK` for the group deletes them
-    /// all. Deleting a link waits for RCU grace periods with the rtnl lock
-    /// held (20–40 ms at 1,000 containers); the batch waits once for all
-    /// of them. A link already gone is skipped. Should the group delete
+    /// all. The kernel answers a link delete only after RCU grace periods
+    /// (20–40 ms at 1,000 containers); the batch waits once for all of
+    /// them. A link already gone is skipped. Should the group delete
     /// fail, the links are deleted one by one.
     pub async fn delete_host_links(&self, links: &[(String, u32)]) -> Result<(), EndpointError> {
         let mut grouped = Vec::new();
@@ -475,7 +476,7 @@ impl EndpointDataplane {
                     .into_iter()
                     .map(|(name, index)| Action::DeleteHostLink { name, index })
                     .collect();
-                Applier::new(&self.node, &self.sysctls, None)
+                Applier::new(&self.node, &self.home, &self.sysctls, None)
                     .apply_all(&one_by_one)
                     .await?;
                 Ok(())
