@@ -379,6 +379,26 @@ fn builds_pings_repairs_and_removes() {
     });
     assert!(again.is_empty(), "removal is idempotent");
     assert!(ping(&node.ns, b4));
+    // The removal returned once the link was gone; the thread that sent
+    // the delete ends when the kernel answers (after it freed the pair).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while link_delete_threads() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        link_delete_threads(),
+        0,
+        "a link-delete thread is still running 10 s after the removal"
+    );
+}
+
+/// Threads of this process that are sending a link delete.
+fn link_delete_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "link-delete")
+        .count()
 }
 
 #[test]
