@@ -5,6 +5,7 @@ use crate::netns::{NetnsError, NsVisitor};
 use futures::StreamExt;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr, TokioSocket};
 use rtnetlink::Handle;
@@ -252,4 +253,13 @@ pub(crate) fn own_address(a: &AddressMessage) -> Option<IpAddr> {
         }
     }
     address
+}
+
+/// The IP address a neighbour message is about (`NDA_DST`), if it has one.
+pub(crate) fn neighbour_destination(n: &NeighbourMessage) -> Option<IpAddr> {
+    n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(IpAddr::V4(*v)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => Some(IpAddr::V6(*v)),
+        _ => None,
+    })
 }

@@ -10,7 +10,9 @@
 use super::model::*;
 use super::plan::MAIN_TABLE;
 use crate::nl::Conn;
-use crate::nl::{dump_addresses, dump_addresses_of, own_address, request, NlError};
+use crate::nl::{
+    dump_addresses, dump_addresses_of, neighbour_destination, own_address, request, NlError,
+};
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, InfoKind, LinkAttribute, LinkExtentMask, LinkFlags,
@@ -539,22 +541,14 @@ pub(crate) fn permanent_neighbour(n: &NeighbourMessage) -> Option<PermanentNeigh
     if n.header.state != NeighbourState::Permanent {
         return None;
     }
-    let mut ip = None;
-    let mut lladdr = None;
-    for a in &n.attributes {
-        match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(*v)),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
-                ip = Some(IpAddr::V6(*v))
-            }
-            NeighbourAttribute::LinkLayerAddress(l) => lladdr = Some(l.clone()),
-            _ => {}
-        }
-    }
+    let lladdr = n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(l) => Some(l.clone()),
+        _ => None,
+    })?;
     Some(PermanentNeighbour {
         index: n.header.ifindex,
-        ip: ip?,
-        lladdr: lladdr?,
+        ip: neighbour_destination(n)?,
+        lladdr,
     })
 }
 

@@ -7,14 +7,13 @@
 
 use super::KernelEvent;
 use crate::endpoint::observe::{link_facts, route_facts};
-use crate::nl::own_address;
+use crate::nl::{neighbour_destination, own_address};
 use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::LinkMessage;
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+use netlink_packet_route::neighbour::NeighbourMessage;
 use netlink_packet_route::route::RouteMessage;
 use netlink_packet_route::RouteNetlinkMessage;
-use std::net::IpAddr;
 
 /// `SOL_NETLINK`: the socket level of netlink's options and control messages.
 pub(crate) const SOL_NETLINK: i32 = libc::SOL_NETLINK;
@@ -80,14 +79,9 @@ fn event_of(payload: NetlinkPayload<RouteNetlinkMessage>) -> Option<KernelEvent>
 }
 
 fn neighbour_event(n: &NeighbourMessage, deleted: bool) -> KernelEvent {
-    let address = n.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => Some(IpAddr::V4(*v)),
-        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => Some(IpAddr::V6(*v)),
-        _ => None,
-    });
     KernelEvent::Neighbour {
         index: n.header.ifindex,
-        address,
+        address: neighbour_destination(n),
         deleted,
     }
 }
