@@ -4,7 +4,9 @@
 //! addresses, host routes).
 //!
 //! - whole-process isolate (spawn → Ready → answer) as the node fills up to
-//!   1,000 endpoints, with the daemon and without it; CNI ADD likewise;
+//!   1,000 endpoints, with the daemon and without it; CNI ADD likewise.
+//!   Each isolate follows an untimed `allocate` through the plugin, as the
+//!   agent sends them (served by the daemon when one runs);
 //! - whole-process cleanup at 1,000, against CNI DEL;
 //! - rebuilding every endpoint with `calico-mesos reconcile` after the node
 //!   namespace was destroyed and recreated (a reboot);
@@ -42,7 +44,7 @@
 
 mod common;
 
-use calico_mesos::ipam::{self, Request};
+use calico_mesos::ipam;
 use calico_mesos::store::sqlite::SqliteStore;
 use common::{
     cpu_time, in_netns, median, ms, p99, teardown, timed, wait_quiet, window, Daemon, Spawn, BIN,
@@ -153,19 +155,25 @@ fn self_store(dir: &Path) -> SqliteStore {
     .unwrap()
 }
 
-fn allocate(store: &SqliteStore, uid: &str) -> (IpAddr, IpAddr) {
-    let a = ipam::allocate(
-        store,
-        &Request {
-            node: "bench",
-            uid,
-            num_ipv4: 1,
-            num_ipv6: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    (a.ipv4[0], a.ipv6[0])
+/// Allocates one IPv4 and one IPv6 address for `uid` the way the agent
+/// does before an isolate: a plugin process (served by the daemon when
+/// one runs, so its own store connection makes the write, as in
+/// production). Untimed.
+fn allocate(env: &Env, node: &Netns, uid: &str) -> (IpAddr, IpAddr) {
+    let (_, answer) = env.call(
+        node,
+        &format!(
+            r#"{{"command":"allocate","args":{{"hostname":"bench","uid":"{uid}","num_ipv4":1,"num_ipv6":1}}}}"#
+        ),
+    );
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("an allocate answer");
+    let first = |family: &str| -> IpAddr {
+        answer[family][0]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no {family} address in {answer}"))
+    };
+    (first("ipv4"), first("ipv6"))
 }
 
 fn isolate_json(id: &str, pid: u32, v4: IpAddr, v6: IpAddr) -> String {
@@ -203,12 +211,11 @@ fn fill(
     let env = Env::new(policy);
     let node = Node::new(tag, 1);
     let daemon = with_daemon.then(|| env.daemon(&node.ns, &[]));
-    let store = env.store();
     let mut times = Vec::with_capacity(n);
     let mut containers = Vec::with_capacity(n);
     for i in 0..n {
         let c = Container::new(&node.ns);
-        let (v4, v6) = allocate(&store, &format!("task-{i}"));
+        let (v4, v6) = allocate(&env, &node.ns, &format!("task-{i}"));
         let id = format!("container-{i}");
         let (took, answer) = env.call(&node.ns, &isolate_json(&id, c.pid(), v4, v6));
         assert!(answer.contains(r#""error":null"#), "{answer}");
