@@ -2,6 +2,7 @@
 //! this node, then exit; what runs at boot and after an outage.
 
 use calico_mesos::config::Config;
+use calico_mesos::controller::dataplane::Home;
 use calico_mesos::controller::lock::NodeLock;
 use calico_mesos::controller::loop_status::{self, LoopStatus};
 use calico_mesos::controller::reconcile::{full_pass, NodeContext, Outcome, Pass};
@@ -28,7 +29,8 @@ pub fn run(config: &Config, store: Arc<dyn Store>, dry_run: bool) -> anyhow::Res
         .enable_all()
         .build()?;
     let pass = runtime.block_on(async {
-        let ctx = std::sync::Arc::new(NodeContext::open(config, store.clone()).await?);
+        let ctx =
+            std::sync::Arc::new(NodeContext::open(config, store.clone(), Home::OwnThread).await?);
         if !dry_run {
             node::register(store.as_ref(), &config.nodename, &ctx.node_addresses)?;
         }

@@ -4,6 +4,7 @@
 //! process under the node lock. Inside the daemon, the daemon's own runner
 //! does it. Every way, the same [`reconcile_endpoint`] runs.
 
+use super::dataplane::Home;
 use super::kick::{kick, KickError};
 use super::lock::NodeLock;
 use super::reconcile::{reconcile_endpoint, NodeContext};
@@ -100,7 +101,7 @@ fn inline(
         .build()
         .map_err(anyhow::Error::from)?;
     runtime.block_on(async {
-        let ctx = Arc::new(NodeContext::open(config, store.clone()).await?);
+        let ctx = Arc::new(NodeContext::open(config, store.clone(), Home::Here).await?);
         match tokio::time::timeout(timeout, reconcile_endpoint(&ctx, container_id, false)).await {
             Ok(result) => result.map(drop).map_err(ConvergeError::Other),
             Err(_) => Err(ConvergeError::Timeout(timeout)),

@@ -8,6 +8,7 @@
 //! dataplane in place.
 
 use super::converge::{Converge, ConvergeError, Reconciler};
+use super::dataplane::Home;
 use super::echoes::OwnRequests;
 use super::fabric::FabricView;
 use super::freshness::Freshness;
@@ -149,7 +150,7 @@ pub async fn run(
         Some(mirrored) => Arc::new(mirrored),
         None => store,
     };
-    let ctx = Arc::new(NodeContext::open(config, store.clone()).await?);
+    let ctx = Arc::new(NodeContext::open(config, store.clone(), Home::OwnThread).await?);
     let socket = kick::socket_path(&config.run_dir);
     // We hold the lock, so a socket file left here is a dead daemon's.
     let _ = std::fs::remove_file(&socket);

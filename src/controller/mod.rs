@@ -7,6 +7,7 @@
 pub mod coalesce;
 pub mod converge;
 pub mod daemon;
+pub mod dataplane;
 pub mod echoes;
 pub mod fabric;
 pub mod freshness;

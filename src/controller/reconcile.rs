@@ -7,6 +7,7 @@
 //! nothing to do writes nothing.
 
 use super::coalesce::Coalesced;
+use super::dataplane::{Dataplane, Home};
 use crate::config::{Config, PolicyMode};
 use crate::endpoint::{self, Endpoint, EndpointStatus, Phase};
 use crate::ipam::{self, InUse, Leak};
@@ -14,9 +15,7 @@ use crate::policy::{self, profiles, PolicyInputs};
 use crate::store::cache::{Changed, Follower, PrefixCache};
 use crate::store::{keys, Store, Versioned};
 use anyhow::Context as _;
-use reconcilers::endpoint::{
-    host_ifname, Action, EndpointDataplane, EndpointError, EndpointSpec, Inventory,
-};
+use reconcilers::endpoint::{host_ifname, Action, EndpointError, EndpointSpec, Inventory};
 use reconcilers::fabric::{FabricAction, FabricDataplane};
 use reconcilers::policy::{PolicyAction, PolicyDataplane, PolicySpec, SpecChange};
 use reconcilers::NetnsRef;
@@ -31,7 +30,7 @@ pub struct NodeContext {
     /// This node's name.
     pub node: String,
     /// The endpoint reconciler, in the node's namespace.
-    pub dataplane: EndpointDataplane,
+    pub dataplane: Dataplane,
     /// The policy reconciler (our nftables table); `None` when policy is
     /// disabled.
     pub policy: Option<PolicyDataplane>,
@@ -63,8 +62,13 @@ impl NodeContext {
     /// The context of this node, in the calling thread's network namespace
     /// (the node's): resolves the node's addresses (configured or
     /// detected) and keeps its host profile in step with them. With policy
-    /// disabled, removes our nftables table if one was left.
-    pub async fn open(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<NodeContext> {
+    /// disabled, removes our nftables table if one was left. `home` says
+    /// where the endpoint reconciler runs.
+    pub async fn open(
+        config: &Config,
+        store: Arc<dyn Store>,
+        home: Home,
+    ) -> anyhow::Result<NodeContext> {
         let node_addresses = policy::resolve_node_addresses(config)
             .await
             .context("cannot detect the node's addresses (set node_addresses)")?;
@@ -85,7 +89,7 @@ impl NodeContext {
         Ok(NodeContext {
             store,
             node: config.nodename.clone(),
-            dataplane: EndpointDataplane::new()?,
+            dataplane: Dataplane::open(home)?,
             policy,
             node_addresses,
             orphan_grace: config.orphan_grace,
@@ -295,7 +299,7 @@ pub async fn reconcile_endpoint(
         let (ctx, ep) = (ctx.clone(), ep.clone());
         tokio::spawn(async move { admit_to_policy(&ctx, &ep, dry_run).await })
     });
-    let dataplane = ctx.dataplane.ensure(&spec_of(&ep.value), dry_run).await;
+    let dataplane = ctx.dataplane.ensure(spec_of(&ep.value), dry_run).await;
     let ensured_us = started.elapsed().as_micros() as u64;
     let admitted = match admitting {
         Some(task) => match task.await {
@@ -489,7 +493,10 @@ async fn remove(
         })
     });
     let started = std::time::Instant::now();
-    let removed = ctx.dataplane.remove(&ep.value.container_id, dry_run).await;
+    let removed = ctx
+        .dataplane
+        .remove(ep.value.container_id.clone(), dry_run)
+        .await;
     let unlinked_us = started.elapsed().as_micros() as u64;
     if let Some(task) = policy {
         let _ = task.await; // its failure was logged; the policy's own runs repair it
@@ -641,7 +648,7 @@ pub async fn list_and_sweep(ctx: &NodeContext, dry_run: bool) -> anyhow::Result<
         }
     }
     if !dry_run && !strays.is_empty() {
-        ctx.dataplane.apply_node(&strays).await?;
+        ctx.dataplane.apply_node(strays.clone()).await?;
     }
     Ok(Sweep {
         endpoints,
