@@ -216,12 +216,13 @@ impl<'a> Applier<'a> {
             })
     }
 
+    /// The index of the host link or of `eth0` (`name`), looked up once.
     async fn index_of(&mut self, side: Side, name: &str, a: &Action) -> Result<u32, ApplyError> {
         let cached = match side {
             Side::Node => self.host_index,
             Side::Container => self.eth0_index,
         };
-        if let Some(i) = cached.filter(|_| name != "lo") {
+        if let Some(i) = cached {
             return Ok(i);
         }
         let h = match side {
@@ -238,11 +239,9 @@ impl<'a> Applier<'a> {
                 action: a.to_string(),
                 name: name.to_string(),
             })?;
-        if name != "lo" {
-            match side {
-                Side::Node => self.host_index = Some(found.index),
-                Side::Container => self.eth0_index = Some(found.index),
-            }
+        match side {
+            Side::Node => self.host_index = Some(found.index),
+            Side::Container => self.eth0_index = Some(found.index),
         }
         Ok(found.index)
     }
@@ -408,9 +407,14 @@ impl<'a> Applier<'a> {
                     .await
             }
             Action::SetLinkUp { side, ifname } => {
-                let index = self.index_of(*side, ifname, a).await?;
                 let mut m = LinkMessage::default();
-                m.header.index = index;
+                if ifname == LOOPBACK {
+                    // Every namespace has it: named in the request (index
+                    // 0), so no lookup of its index goes first.
+                    m.attributes.push(LinkAttribute::IfName(ifname.clone()));
+                } else {
+                    m.header.index = self.index_of(*side, ifname, a).await?;
+                }
                 m.header.flags = LinkFlags::Up;
                 m.header.change_mask = LinkFlags::Up;
                 let h = match side {

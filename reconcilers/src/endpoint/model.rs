@@ -25,6 +25,9 @@ pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 
 /// The container-side interface name.
 pub const CONTAINER_IFNAME: &str = "eth0";
 
+/// The loopback interface every namespace has.
+pub const LOOPBACK: &str = "lo";
+
 /// The desired dataplane of one endpoint: plain data handed in by the caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointSpec {

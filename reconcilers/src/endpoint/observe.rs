@@ -655,7 +655,7 @@ pub(crate) async fn observe_container(
 ) -> Result<(ContainerState, Option<LinkFacts>), ObserveError> {
     let (eth0, lo) = futures::join!(
         link_by_name(ctr, CONTAINER_IFNAME, Side::Container),
-        link_by_name(ctr, "lo", Side::Container)
+        link_by_name(ctr, LOOPBACK, Side::Container)
     );
     let (eth0, lo) = (eth0?, lo?);
     let facts = eth0.clone();

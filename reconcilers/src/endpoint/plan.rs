@@ -234,7 +234,7 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
     if !container_now.lo_up {
         actions.push(Action::SetLinkUp {
             side: Side::Container,
-            ifname: "lo".to_string(),
+            ifname: LOOPBACK.to_string(),
         });
     }
 
