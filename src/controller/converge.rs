@@ -9,6 +9,7 @@ use super::kick::{kick, KickError};
 use super::lock::NodeLock;
 use super::reconcile::{reconcile_endpoint, NodeContext};
 use crate::config::Config;
+use crate::endpoint::Endpoint;
 use crate::store::Store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,11 +36,12 @@ pub enum ConvergeError {
 
 /// How a front end has one endpoint reconciled now.
 pub trait Converge {
-    /// Has `container_id`'s endpoint reconciled within `timeout`; on Ok
-    /// the status in the store shows the result. A daemon's run that
-    /// failed is an error, since it may have written no status (the store
-    /// refused the write).
-    fn converge(&self, container_id: &str, timeout: Duration) -> Result<Reconciler, ConvergeError>;
+    /// Has the endpoint reconciled within `timeout`; `recorded` is the
+    /// intent just written (or found) in the store. On Ok the status in
+    /// the store shows the result. A daemon's run that failed is an error,
+    /// since it may have written no status (the store refused the write).
+    fn converge(&self, recorded: &Endpoint, timeout: Duration)
+        -> Result<Reconciler, ConvergeError>;
 }
 
 /// A front end in a process of its own: kicks the daemon, or reconciles
@@ -52,8 +54,12 @@ pub struct KickOrInline<'a> {
 }
 
 impl Converge for KickOrInline<'_> {
-    fn converge(&self, container_id: &str, timeout: Duration) -> Result<Reconciler, ConvergeError> {
-        converge(self.store, self.config, container_id, timeout)
+    fn converge(
+        &self,
+        recorded: &Endpoint,
+        timeout: Duration,
+    ) -> Result<Reconciler, ConvergeError> {
+        converge(self.store, self.config, &recorded.container_id, timeout)
     }
 }
 

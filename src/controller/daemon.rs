@@ -624,11 +624,13 @@ async fn serve_connection(stream: UnixStream, shared: Arc<Shared>, tx: Triggers)
             _ => return,
         };
     let reply = match request {
-        Ok(KickRequest::Reconcile(cid)) => match reconcile_now(&shared, &tx, cid).await {
-            Ok(()) => KickReply::Done,
-            Err(RunNowError::Stopping) => KickReply::Refused(STOPPING.into()),
-            Err(RunNowError::Failed(why)) => KickReply::Failed(why),
-        },
+        Ok(KickRequest::Reconcile(cid)) => {
+            match reconcile_now(&shared, &tx, cid.clone(), kicked(&shared, &cid)).await {
+                Ok(()) => KickReply::Done,
+                Err(RunNowError::Stopping) => KickReply::Refused(STOPPING.into()),
+                Err(RunNowError::Failed(why)) => KickReply::Failed(why),
+            }
+        }
         Ok(KickRequest::Serve(request)) => match refusal(&shared.config, &request) {
             Some(why) => KickReply::Refused(why),
             // A plugin gone before this reply has not had anything done.
@@ -665,13 +667,28 @@ enum RunNowError {
     Failed(String),
 }
 
-/// Has `cid`'s endpoint reconciled by the runner, and waits until a run
-/// that started after this call has finished: its result. A failed run
-/// may have written no status (the store refused it), so the caller must
-/// not read the status as current then.
-async fn reconcile_now(shared: &Shared, tx: &Triggers, cid: String) -> Result<(), RunNowError> {
-    if let Ok(Some(ep)) = endpoint::get(shared.ctx.store.as_ref(), &shared.ctx.node, &cid) {
-        shared.index.upsert(ep.value);
+/// The endpoint a kicking plugin process recorded for `cid`, read for the
+/// owner index (the store's change may reach the daemon later).
+fn kicked(shared: &Shared, cid: &str) -> Option<Endpoint> {
+    endpoint::get(shared.ctx.store.as_ref(), &shared.ctx.node, cid)
+        .ok()
+        .flatten()
+        .map(|ep| ep.value)
+}
+
+/// Has `cid`'s endpoint reconciled by the runner (`recorded`, its intent
+/// as the caller knows it, goes into the owner index first), and waits
+/// until a run that started after this call has finished: its result. A
+/// failed run may have written no status (the store refused it), so the
+/// caller must not read the status as current then.
+async fn reconcile_now(
+    shared: &Shared,
+    tx: &Triggers,
+    cid: String,
+    recorded: Option<Endpoint>,
+) -> Result<(), RunNowError> {
+    if let Some(ep) = recorded {
+        shared.index.upsert(ep);
     }
     let (done, finished) = oneshot::channel();
     let trigger = Trigger {
@@ -774,8 +791,17 @@ struct ByRunner<'a> {
 }
 
 impl Converge for ByRunner<'_> {
-    fn converge(&self, container_id: &str, timeout: Duration) -> Result<Reconciler, ConvergeError> {
-        let run = reconcile_now(self.shared, &self.tx, container_id.to_string());
+    fn converge(
+        &self,
+        recorded: &Endpoint,
+        timeout: Duration,
+    ) -> Result<Reconciler, ConvergeError> {
+        let run = reconcile_now(
+            self.shared,
+            &self.tx,
+            recorded.container_id.clone(),
+            Some(recorded.clone()),
+        );
         match self.runtime.block_on(tokio::time::timeout(timeout, run)) {
             Ok(Ok(())) => Ok(Reconciler::Daemon),
             Ok(Err(RunNowError::Stopping)) => Err(ConvergeError::Other(anyhow::anyhow!(STOPPING))),

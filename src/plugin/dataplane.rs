@@ -73,7 +73,7 @@ pub fn isolate(
     if let (Recorded::Unchanged(_), Ok(Some(answer))) = (&recorded, ready(store.as_ref())) {
         return Ok(answer);
     }
-    match converger.converge(&args.container_id, config.isolate_timeout) {
+    match converger.converge(recorded.endpoint(), config.isolate_timeout) {
         Ok(_) => {}
         Err(ConvergeError::Timeout(t)) => {
             return Err(fail(format!(
@@ -110,12 +110,12 @@ pub fn cleanup(
     let requested =
         endpoint::request_deletion(store.as_ref(), &config.nodename, &args.container_id)
             .map_err(|e| e.to_string())?;
-    if requested.is_none() {
+    let Some(requested) = requested else {
         // Nothing was ever configured for it: cleanups are idempotent.
         return Ok(Answer::ok(json!({})));
-    }
+    };
     let requested_us = started.elapsed().as_micros() as u64;
-    match converger.converge(&args.container_id, config.isolate_timeout) {
+    match converger.converge(&requested, config.isolate_timeout) {
         Ok(_) => {}
         Err(ConvergeError::Timeout(t)) => {
             return Err(fail(format!(
