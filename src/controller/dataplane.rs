@@ -11,6 +11,7 @@
 //! per request. The rest of the daemon (store calls, policy, events) stays
 //! on the multi-threaded runtime.
 
+use anyhow::Context as _;
 use reconcilers::endpoint::{
     Action, EndpointDataplane, EndpointError, EndpointSpec, Ensured, Inventory,
 };
@@ -47,7 +48,7 @@ impl Dataplane {
     /// Connects to the calling thread's network namespace (the node's; a
     /// new thread starts in its creator's namespace). Must run in a tokio
     /// runtime.
-    pub fn open(home: Home) -> Result<Dataplane, NlError> {
+    pub fn open(home: Home) -> anyhow::Result<Dataplane> {
         match home {
             Home::Here => Ok(Dataplane {
                 inner: Arc::new(EndpointDataplane::new()?),
@@ -57,7 +58,7 @@ impl Dataplane {
         }
     }
 
-    fn on_own_thread() -> Result<Dataplane, NlError> {
+    fn on_own_thread() -> anyhow::Result<Dataplane> {
         let (ready, opened) = std::sync::mpsc::sync_channel(1);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let join = std::thread::Builder::new()
@@ -68,14 +69,16 @@ impl Dataplane {
                     .build()
                 {
                     Ok(runtime) => runtime,
-                    Err(source) => {
-                        let _ = ready.send(Err(NlError::Socket { source }));
+                    Err(e) => {
+                        let _ = ready.send(Err(anyhow::Error::from(e)
+                            .context("cannot build the dataplane thread's runtime")));
                         return;
                     }
                 };
                 runtime.block_on(async move {
                     let opened = EndpointDataplane::new()
-                        .map(|dp| (Arc::new(dp), tokio::runtime::Handle::current()));
+                        .map(|dp| (Arc::new(dp), tokio::runtime::Handle::current()))
+                        .map_err(anyhow::Error::from);
                     let failed = opened.is_err();
                     let _ = ready.send(opened);
                     if !failed {
@@ -85,8 +88,10 @@ impl Dataplane {
                     }
                 });
             })
-            .map_err(|source| NlError::Socket { source })?;
-        let (inner, runtime) = opened.recv().map_err(|_| NlError::Closed)??;
+            .context("cannot start the dataplane thread")?;
+        let (inner, runtime) = opened
+            .recv()
+            .context("the dataplane thread ended before it opened")??;
         Ok(Dataplane {
             inner,
             thread: Some(Thread {
