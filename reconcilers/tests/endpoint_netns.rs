@@ -176,11 +176,16 @@ fn builds_pings_repairs_and_removes() {
     let per_veth: Vec<String> = [&ha, &hb]
         .iter()
         .flat_map(|h| ipv6_routes(&node, &["table", "all", "dev", h]))
-        .filter(|r| r.starts_with("fe80") || r.starts_with("local") || r.contains("anycast"))
+        .filter(|r| {
+            r.starts_with("fe80")
+                || r.starts_with("local")
+                || r.contains("anycast")
+                || r.starts_with("multicast")
+        })
         .collect();
     assert!(
         per_veth.is_empty(),
-        "local, prefix and anycast routes: {per_veth:?}"
+        "local, prefix, anycast and the kernel's ff00::/8 routes: {per_veth:?}"
     );
     assert_eq!(our_routes(&node), {
         let mut v = vec![

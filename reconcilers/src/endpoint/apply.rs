@@ -477,6 +477,17 @@ impl<'a> Applier<'a> {
                 self.send(self.node, a, RouteNetlinkMessage::DelRoute(m), CHANGE)
                     .await
             }
+            Action::DropHostMulticastRoute { host } => {
+                let index = self.index_of(Side::Node, host, a).await?;
+                match request(self.node, kernel_multicast_route(index), CHANGE).await {
+                    // Not made (IPv6 off, or no carrier yet): nothing to drop.
+                    Err(e) if matches!(e.errno(), Some(libc::ESRCH | libc::ENOENT)) => Ok(()),
+                    res => res.map(drop).map_err(|source| ApplyError::Netlink {
+                        action: a.to_string(),
+                        source,
+                    }),
+                }
+            }
         }
     }
 }
@@ -527,6 +538,24 @@ fn host_route(dst: IpAddr, prefix_len: u8, table: u32, oif: u32) -> RouteMessage
     m.attributes.push(RouteAttribute::Destination(dst.into()));
     m.attributes.push(RouteAttribute::Oif(oif));
     m
+}
+
+/// The kernel's local routing table (`RT_TABLE_LOCAL`).
+const LOCAL_TABLE: u8 = 255;
+
+/// The delete of the kernel's own `ff00::/8` route through interface
+/// `oif`, in the local table: protocol 0 and no type, so it matches the
+/// route whatever the kernel tagged it with.
+fn kernel_multicast_route(oif: u32) -> RouteNetlinkMessage {
+    let multicast = IpAddr::V6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0));
+    let mut m = RouteMessage::default();
+    m.header.address_family = family(multicast);
+    m.header.destination_prefix_length = 8;
+    m.header.table = LOCAL_TABLE;
+    m.attributes
+        .push(RouteAttribute::Destination(multicast.into()));
+    m.attributes.push(RouteAttribute::Oif(oif));
+    RouteNetlinkMessage::DelRoute(m)
 }
 
 /// One of the container's dataplane routes through eth0 (`oif`).

@@ -370,6 +370,15 @@ pub enum Action {
         /// Output interface index.
         oif: u32,
     },
+    /// Delete the `ff00::/8` route the kernel adds to the host link's
+    /// local table when the link becomes ready for IPv6 (its carrier
+    /// comes up). A thousand host links make a thousand of them, which the
+    /// kernel walks when the next link becomes ready; the node never sends
+    /// multicast through a container's veth. Gone already is done.
+    DropHostMulticastRoute {
+        /// Host-side interface name.
+        host: String,
+    },
 }
 
 /// The MAC a new `eth0` of `container_id` gets: the first six bytes of
@@ -500,6 +509,12 @@ impl std::fmt::Display for Action {
                 f,
                 "delete route {dst}/{prefix_len} table {table} (interface index {oif})"
             ),
+            Action::DropHostMulticastRoute { host } => {
+                write!(
+                    f,
+                    "delete route ff00::/8 table local dev {host} (the kernel's)"
+                )
+            }
         }
     }
 }

@@ -332,6 +332,17 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
             });
         }
     }
+    // Last: a plan that brings the veth's carrier up has the kernel add
+    // the host link's `ff00::/8` route (its link-watch work, done by the
+    // time the requests above have waited for the rtnl lock behind it).
+    let carrier_up = actions.iter().any(|a| match a {
+        Action::CreateVeth { .. } => true,
+        Action::SetLinkUp { ifname, .. } => ifname != LOOPBACK,
+        _ => false,
+    });
+    if carrier_up {
+        actions.push(Action::DropHostMulticastRoute { host });
+    }
     Ok(actions)
 }
 

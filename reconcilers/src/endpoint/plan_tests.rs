@@ -253,6 +253,9 @@ fn up_lo() -> Action {
         ifname: "lo".to_string(),
     }
 }
+fn drop_mcast() -> Action {
+    Action::DropHostMulticastRoute { host: host() }
+}
 fn add_addr(addr: IpAddr) -> Action {
     Action::AddContainerAddress { addr }
 }
@@ -299,6 +302,7 @@ fn fresh_v4_after_create() -> Vec<Action> {
         c_route(ContainerRoute::DefaultV4),
         c_neigh(ContainerNeighbour::GatewayV4),
         host_route(ip4(1)),
+        drop_mcast(),
     ]
 }
 
@@ -373,6 +377,7 @@ fn cases() -> Vec<Case> {
                 c_route(ContainerRoute::DefaultV4),
                 c_neigh(ContainerNeighbour::GatewayV4),
                 host_route(ip4(1)),
+                drop_mcast(),
             ]),
         ),
         case(
@@ -392,6 +397,7 @@ fn cases() -> Vec<Case> {
                 c_route(ContainerRoute::DefaultV4),
                 c_neigh(ContainerNeighbour::GatewayV4),
                 host_route(ip4(1)),
+                drop_mcast(),
             ]),
         ),
         case(
@@ -413,6 +419,7 @@ fn cases() -> Vec<Case> {
                 c_neigh(ContainerNeighbour::GatewayV6),
                 h_neigh_new(v6(1)),
                 host_route(ip6(1)),
+                drop_mcast(),
             ]),
         ),
         case(
@@ -442,6 +449,7 @@ fn cases() -> Vec<Case> {
                 host_route(ip4(1)),
                 host_route(ip4(2)),
                 host_route(ip6(1)),
+                drop_mcast(),
             ]),
         ),
         case(
@@ -468,6 +476,7 @@ fn cases() -> Vec<Case> {
                 h_neigh_new(v6(1)),
                 host_route(ip4(1)),
                 host_route(ip6(1)),
+                drop_mcast(),
             ]),
         ),
         case(
@@ -506,6 +515,7 @@ fn cases() -> Vec<Case> {
                 c_neigh(ContainerNeighbour::GatewayV4),
                 host_route(ip4(3)),
                 host_route(ip4(1)),
+                drop_mcast(),
             ]),
         ),
         // --- already right ----------------------------------------------
@@ -594,13 +604,13 @@ fn cases() -> Vec<Case> {
             "host link down",
             s4.clone(),
             with(&s4, false, |o| host_link(o).up = false),
-            Ok(vec![up_host()]),
+            Ok(vec![up_host(), drop_mcast()]),
         ),
         case(
             "container eth0 down",
             s4.clone(),
             with(&s4, false, |o| eth0(o).up = false),
-            Ok(vec![up_eth0()]),
+            Ok(vec![up_eth0(), drop_mcast()]),
         ),
         case(
             "lo down",
@@ -636,7 +646,7 @@ fn cases() -> Vec<Case> {
                 h.up = false;
                 h.marked = false;
             }),
-            Ok(vec![configure(), up_host()]),
+            Ok(vec![configure(), up_host(), drop_mcast()]),
         ),
         case(
             "proxy ARP off",
@@ -675,7 +685,7 @@ fn cases() -> Vec<Case> {
                 host_link(o).up = false;
                 o.host_neighbours.clear();
             }),
-            Ok(vec![up_host(), h_neigh(v6(1), &ETH0_MAC)]),
+            Ok(vec![up_host(), h_neigh(v6(1), &ETH0_MAC), drop_mcast()]),
         ),
         case(
             "eth0 got another MAC: the host's entry follows it",
@@ -773,7 +783,7 @@ fn cases() -> Vec<Case> {
                 h.up = false;
                 h.sysctls.insert(Sysctl::AddrGenMode, 0);
             }),
-            Ok(vec![configure(), up_host()]),
+            Ok(vec![configure(), up_host(), drop_mcast()]),
         ),
         case(
             "eth0 down with its own addresses on, dual stack: mode before up",
@@ -783,7 +793,11 @@ fn cases() -> Vec<Case> {
                 e.up = false;
                 e.sysctls.remove(&Sysctl::AddrGenMode);
             }),
-            Ok(vec![eth0_sysctl(Sysctl::AddrGenMode, 1), up_eth0()]),
+            Ok(vec![
+                eth0_sysctl(Sysctl::AddrGenMode, 1),
+                up_eth0(),
+                drop_mcast(),
+            ]),
         ),
         case(
             "a container address missing",
@@ -1512,6 +1526,10 @@ impl Kernel {
                 if rs.len() == before {
                     return Err(format!("ESRCH: no route {dst}/{prefix_len}"));
                 }
+            }
+            // The kernel's own route is not observed; gone already is done.
+            Action::DropHostMulticastRoute { host } => {
+                self.host_by_name(host)?;
             }
         }
         Ok(())
