@@ -16,9 +16,7 @@ use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
-};
+use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -508,10 +506,8 @@ fn permanent_neighbour(index: u32, ip: IpAddr, lladdr: &[u8]) -> NeighbourMessag
     m.header.family = family(ip);
     m.header.ifindex = index;
     m.header.state = NeighbourState::Permanent;
-    m.attributes.push(NeighbourAttribute::Destination(match ip {
-        IpAddr::V4(v) => NeighbourAddress::Inet(v),
-        IpAddr::V6(v) => NeighbourAddress::Inet6(v),
-    }));
+    m.attributes
+        .push(NeighbourAttribute::Destination(ip.into()));
     m.attributes
         .push(NeighbourAttribute::LinkLayerAddress(lladdr.to_vec()));
     m

@@ -18,9 +18,7 @@ use netlink_packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, InfoKind, LinkAttribute, LinkExtentMask, LinkFlags,
     LinkInfo, LinkMessage,
 };
-use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
-};
+use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
@@ -503,10 +501,7 @@ async fn neighbour_answers(
     msg.header.family = fam;
     msg.header.ifindex = index;
     msg.attributes
-        .push(NeighbourAttribute::Destination(match ip {
-            IpAddr::V4(v) => NeighbourAddress::Inet(v),
-            IpAddr::V6(v) => NeighbourAddress::Inet6(v),
-        }));
+        .push(NeighbourAttribute::Destination(ip.into()));
     match request(h, RouteNetlinkMessage::GetNeighbour(msg), NLM_F_REQUEST).await {
         Ok(answers) => return Ok(answers),
         Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(vec![]),
