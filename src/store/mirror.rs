@@ -333,6 +333,77 @@ mod tests {
         Changes { revision, changes }
     }
 
+    /// Runs `f` on a thread of its own; its result, or a panic naming
+    /// `what` when it takes longer than `limit` (a stall is a failure).
+    fn within<R: Send + 'static>(
+        what: &str,
+        limit: Duration,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> R {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
+    }
+
+    fn put(store: &dyn Store, key: &str, value: &str) -> Result<Commit, StoreError> {
+        let mut txn = Txn::default();
+        txn.put(key, value.as_bytes().to_vec());
+        store.commit(&txn)
+    }
+
+    fn read(store: &dyn Store, key: &str) -> Option<String> {
+        store
+            .get(key)
+            .unwrap()
+            .map(|kv| String::from_utf8(kv.value).unwrap())
+    }
+
+    #[test]
+    fn a_stalled_etcd_leaves_reads_answered_and_writes_failing_until_it_resumes() {
+        use super::super::testing::{etcd_store, TIMEOUT};
+        // An etcd of its own: frozen below, which the shared one must not be.
+        let etcd = testsupport::etcd::Etcd::start();
+        let prefix = testsupport::etcd::unique_prefix("stall");
+        let mirror: Arc<dyn Store> = Arc::new(
+            MirroredStore::new(Arc::new(etcd_store(&etcd, &prefix))).expect("a change signal"),
+        );
+        let other = etcd_store(&etcd, &prefix);
+        put(mirror.as_ref(), "a", "1").unwrap();
+        assert_eq!(read(mirror.as_ref(), "a").as_deref(), Some("1"));
+
+        // On a failure below, dropping `etcd` kills it, frozen or not.
+        etcd.signal(libc::SIGSTOP);
+        let m = mirror.clone();
+        let seen = within("a read during the stall", TIMEOUT, move || {
+            read(m.as_ref(), "a")
+        });
+        assert_eq!(seen.as_deref(), Some("1"), "the replica as last seen");
+        let m = mirror.clone();
+        let written = within("a write during the stall", TIMEOUT * 3, move || {
+            put(m.as_ref(), "b", "2")
+        });
+        assert!(
+            matches!(written, Err(StoreError::Unavailable { .. })),
+            "a write to a stalled etcd: {written:?}"
+        );
+        etcd.signal(libc::SIGCONT);
+
+        // Resumed: another writer's change reaches the replica through the
+        // feed, and the replica's own writes go through again.
+        put(&other, "c", "3").unwrap();
+        let deadline = std::time::Instant::now() + TIMEOUT * 2;
+        while read(mirror.as_ref(), "c").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the replica never saw the write made after the stall"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        put(mirror.as_ref(), "b", "2").unwrap();
+        assert_eq!(read(mirror.as_ref(), "b").as_deref(), Some("2"));
+    }
+
     #[test]
     fn own_writes_are_seen_at_once_and_the_feed_does_not_undo_them() {
         let mut r = Replica {

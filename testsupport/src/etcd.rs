@@ -306,6 +306,15 @@ impl Etcd {
         let _ = child.wait();
     }
 
+    /// Send etcd `signal`: `SIGSTOP` freezes it with its connections
+    /// open (a stalled server, not a dead one), `SIGCONT` resumes it.
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("etcd is running");
+        // SAFETY: kill has no memory-safety preconditions; the pid is our
+        // own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
     /// Kill etcd at once (SIGKILL), as a crash would; the data is kept.
     pub fn crash(&mut self) {
         self.kill();
