@@ -8,9 +8,9 @@
 use reconcilers::endpoint::{host_ifname, EndpointDataplane, EndpointSpec};
 use reconcilers::policy::{
     ep_in_chain, ep_out_chain, parse_listing, plan, profile_list_id, render, to_nft,
-    EndpointPolicy, LibNft, MapTarget, Members, NftBackend, NftBackendKind, NftEvent, NftEvents,
-    NftOptions, PolicyAction, PolicyDataplane, PolicySpec, ProfileRules, Rule, SpecChange,
-    FROM_EP_MAP, LIBNFTABLES, NFT_TIMEOUT, TO_EP_MAP,
+    EndpointPolicy, LibNft, Members, NftBackend, NftBackendKind, NftEvent, NftEvents, NftOptions,
+    PolicyAction, PolicyDataplane, PolicySpec, ProfileRules, Rule, SpecChange, FROM_LIST,
+    LIBNFTABLES, NFT_TIMEOUT, TO_LIST,
 };
 use reconcilers::NetnsRef;
 use std::collections::BTreeMap;
@@ -585,8 +585,9 @@ fn joining_a_netgroup_is_element_updates_and_opens_its_members() {
     assert!(ping(&y.c, x.addr(false)), "y reaches a's members");
     assert!(ping(&y.c, x.addr(true)));
     // x -> y still needs y's own rules to accept a: its profile. y's list
-    // becomes [host, b, a], new on this node: its chains are made, y's map
-    // entries move to them, and [host, b]'s chains, now unused, go.
+    // becomes [host, b, a], new on this node: its chains and interface set
+    // are made, the dispatch chains get its rule, and [host, b]'s chains
+    // and set, now unused, go.
     assert!(!ping(&x.c, y.addr(false)));
     let old = profile_list_id(&s.endpoints[&y.ifname].profiles);
     s.endpoints
@@ -597,9 +598,10 @@ fn joining_a_netgroup_is_element_updates_and_opens_its_members() {
     let new = profile_list_id(&s.endpoints[&y.ifname].profiles);
     let actions = h.ensure(&s);
     assert!(
-        !actions
-            .iter()
-            .any(|a| matches!(a, PolicyAction::ReplaceChain { .. })),
+        actions.iter().all(|a| match a {
+            PolicyAction::ReplaceChain { name, .. } => name == FROM_LIST || name == TO_LIST,
+            _ => true,
+        }),
         "{actions:?}"
     );
     assert!(
@@ -609,14 +611,10 @@ fn joining_a_netgroup_is_element_updates_and_opens_its_members() {
         "{actions:?}"
     );
     let observed = h.block(async |dp| dp.observe().await.unwrap()).unwrap();
-    assert_eq!(
-        observed.maps[TO_EP_MAP].entries[y.ifname.as_str()],
-        MapTarget::Goto(ep_in_chain(&new).into())
-    );
-    assert_eq!(
-        observed.maps[FROM_EP_MAP].entries[y.ifname.as_str()],
-        MapTarget::Goto(ep_out_chain(&new).into())
-    );
+    assert_eq!(observed.list_of(&y.ifname), Some(new.as_str()));
+    assert!(observed.chains.contains_key(&ep_in_chain(&new)));
+    assert!(!observed.chains.contains_key(&ep_out_chain(&old)));
+    assert!(observed.maps.is_empty());
     assert!(ping(&x.c, y.addr(false)));
     assert!(ping(&x.c, y.addr(true)));
 }
@@ -737,7 +735,8 @@ fn timing_at_a_thousand_endpoints() {
         rs.element_count(),
         doc.len() / 1024
     );
-    assert_eq!(rs.chains.len(), 5 + 2 * lists.len());
+    // Base (3), endpoint (2) and dispatch (2) chains, and two per list.
+    assert_eq!(rs.chains.len(), 7 + 2 * lists.len());
 
     // The in-process part, alone (medians of 21 runs).
     let rendered = median(21, || drop(render(&s).unwrap()));
@@ -859,7 +858,8 @@ fn timing_at_a_thousand_endpoints() {
         &s,
         &lone,
     );
-    assert!(came.len() <= 10, "{came:?}");
+    // Its set, chains, elements, and the two dispatch chains rewritten.
+    assert!(came.len() <= 12, "{came:?}");
     assert!(
         gone.iter()
             .any(|a| matches!(a, PolicyAction::DeleteChains { names } if names.len() == 2)),
@@ -1211,15 +1211,15 @@ fn updates_apply_what_changed_and_recover_from_a_refused_transaction() {
     );
     check_matrix(&eps, |_, _| true, "all three in a");
 
-    // y goes: its elements and entries, nothing else; its interface is
-    // then dropped.
+    // y goes: its elements (anti-spoofing, its list's interface set,
+    // members), nothing else; its interface is then dropped.
     let mut gone = vec![SpecChange::Endpoint {
         ifname: y.ifname.clone(),
         policy: None,
     }];
     gone.extend(member("a", y, false));
     let actions = update(&mut s, gone);
-    assert_eq!(actions.len(), 6, "{actions:?}");
+    assert_eq!(actions.len(), 5, "{actions:?}");
     check_matrix(&eps, |i, j| i != 1 && j != 1, "y is gone");
 
     // Someone else deletes one of z's elements, and no event tells us: the

@@ -6,8 +6,8 @@
 //! list has (its chains live while it has one), which netgroups each
 //! list's chains name and how many lists name each netgroup (its sets live
 //! while one does). An update applies the changes to the spec, works out
-//! which elements, map entries, chains and sets they touch (nothing else
-//! can differ), and returns that part of the table before and after
+//! which elements, chains and sets they touch (nothing else can differ;
+//! the dispatch chains only when a list comes or goes), and returns that part of the table before and after
 //! ([`Delta`]). [`plan()`](super::plan()) of the two small tables gives
 //! exactly the actions that planning the whole new table against the
 //! whole old one gives: every comparison `plan` makes is per name or per
@@ -22,7 +22,7 @@
 use super::change::SpecChange;
 use super::model::{EndpointPolicy, PolicySpec};
 use super::plan::{plan, PolicyAction};
-use super::render::{list_chains, render, valid_endpoint, RenderError};
+use super::render::{dispatch_chains, list_chains, render, valid_endpoint, RenderError};
 use super::ruleset::*;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -77,6 +77,8 @@ struct Indexed {
 /// One profile list in use on the node.
 #[derive(Debug, Clone)]
 struct List {
+    /// Its [`profile_list_id`].
+    id: String,
     /// How many endpoints have it.
     endpoints: usize,
     /// Its outbound chain.
@@ -90,20 +92,20 @@ struct List {
 /// The edits to the table one update makes, in order.
 #[derive(Debug, Default)]
 struct Edits {
-    /// (set, element, present afterwards).
+    /// (anti-spoofing set, element, present afterwards).
     elements: Vec<(&'static str, SetElem, bool)>,
-    /// (map, key, `goto` target afterwards).
-    entries: Vec<(&'static str, Arc<str>, Goto)>,
     /// (chain, rules afterwards; `None`: deleted).
     chains: Vec<(Arc<str>, Option<Vec<RuleModel>>)>,
-    /// (netgroup set, whole set afterwards; `None`: deleted).
+    /// (netgroup or list set, whole set afterwards; `None`: deleted).
     sets: Vec<(String, Option<SetModel>)>,
-    /// (netgroup set, element, present afterwards), for sets that stay.
+    /// (netgroup or list set, element, present afterwards), for sets
+    /// that stay.
     members: Vec<(String, SetElem, bool)>,
 }
 
-/// A map entry's chain afterwards (`None`: the entry goes).
-type Goto = Option<Arc<str>>;
+/// An endpoint whose profile list changed: its interface, its list
+/// before and after (`None`: it had none, or has none now).
+type Moved<'a> = (&'a str, Option<&'a [String]>, Option<&'a [String]>);
 
 /// What changes touched in the spec.
 #[derive(Debug, Default)]
@@ -199,6 +201,7 @@ impl Indexed {
                     endpoints: 1,
                     out: ep_out_chain(&id).into(),
                     inn: ep_in_chain(&id).into(),
+                    id,
                     netgroups,
                 },
             );
@@ -219,10 +222,10 @@ impl Indexed {
     /// table itself is untouched.
     fn edits(&mut self, spec: &PolicySpec, touched: &Touched) -> Result<Edits, RenderError> {
         let mut edits = Edits::default();
-        // Endpoints: anti-spoofing elements now, map entries once their
-        // lists' chains are known; each list's endpoint count.
+        // Endpoints: anti-spoofing elements now, list set elements once
+        // it is known which lists come and go; each list's endpoint count.
         let mut counts: HashMap<&[String], isize> = HashMap::new();
-        let mut moved: Vec<&str> = Vec::new();
+        let mut moved: Vec<Moved> = Vec::new();
         for (ifname, old) in &touched.endpoints {
             let new = spec.endpoints.get(ifname);
             if new.is_some() && !valid_endpoint(ifname) {
@@ -248,7 +251,13 @@ impl Indexed {
                 }
                 *counts.entry(&ep.profiles).or_insert(0) += step;
             }
-            moved.push(ifname);
+            let lists = (
+                old.as_ref().map(|ep| ep.profiles.as_slice()),
+                new.map(|ep| ep.profiles.as_slice()),
+            );
+            if lists.0 != lists.1 {
+                moved.push((ifname, lists.0, lists.1));
+            }
         }
         // Lists whose profiles changed are rendered again.
         let rerender: HashSet<Vec<String>> = if touched.profiles.is_empty() {
@@ -268,6 +277,8 @@ impl Indexed {
                 .cloned(),
         );
         let mut named_before: HashMap<String, bool> = HashMap::new();
+        // Lists made or gone in this update: their sets are written whole.
+        let mut whole: HashSet<&[String]> = HashSet::new();
         for list in &affected {
             let list = list.as_slice();
             let step = counts.get(list).copied().unwrap_or(0);
@@ -279,6 +290,8 @@ impl Indexed {
                     let gone = self.lists.remove(list).expect("a list with endpoints");
                     edits.chains.push((gone.out, None));
                     edits.chains.push((gone.inn, None));
+                    edits.sets.push((list_set(&gone.id), None));
+                    whole.insert(list);
                     self.name(&gone.netgroups, &BTreeSet::new(), &mut named_before);
                     continue;
                 }
@@ -301,9 +314,19 @@ impl Indexed {
                             second: list.to_vec(),
                         });
                     }
+                    let mut members = SetModel::new(SetKind::Ifname);
+                    members.elements = spec
+                        .endpoints
+                        .iter()
+                        .filter(|(_, ep)| ep.profiles.as_slice() == list)
+                        .map(|(ifname, _)| SetElem::If(ifname.as_str().into()))
+                        .collect();
+                    edits.sets.push((list_set(&id), Some(members)));
+                    whole.insert(list);
                     self.lists.insert(
                         list.to_vec(),
                         List {
+                            id,
                             endpoints: has,
                             out,
                             inn,
@@ -329,19 +352,24 @@ impl Indexed {
             l.netgroups = chains.netgroups.clone();
             self.name(&old_netgroups, &chains.netgroups, &mut named_before);
         }
-        // Map entries, to the chains of each moved endpoint's list.
-        for ifname in moved {
-            let name: Arc<str> = ifname.into();
-            let list = spec
-                .endpoints
-                .get(ifname)
-                .map(|ep| &self.lists[&ep.profiles]);
-            edits
-                .entries
-                .push((FROM_EP_MAP, name.clone(), list.map(|l| l.out.clone())));
-            edits
-                .entries
-                .push((TO_EP_MAP, name, list.map(|l| l.inn.clone())));
+        // List set elements of the endpoints that changed lists, in the
+        // sets that stay; the dispatch chains when a list came or went.
+        for (ifname, before, after) in moved {
+            for (list, present) in [(before, false), (after, true)] {
+                let Some(list) = list.filter(|l| !whole.contains(l)) else {
+                    continue;
+                };
+                let id = &self.lists[list].id;
+                let elem = SetElem::If(ifname.into());
+                edits.members.push((list_set(id), elem, present));
+            }
+        }
+        if !whole.is_empty() {
+            let mut ids: Vec<&str> = self.lists.values().map(|l| l.id.as_str()).collect();
+            ids.sort_unstable();
+            let (from_list, to_list) = dispatch_chains(ids.into_iter());
+            edits.chains.push((FROM_LIST.into(), Some(from_list)));
+            edits.chains.push((TO_LIST.into(), Some(to_list)));
         }
         // Netgroup sets: made when first named, deleted when no longer,
         // element updates for the members of those that stay.
@@ -441,15 +469,6 @@ impl Indexed {
                 set.elements.remove(elem);
             }
         }
-        for (map, key, target) in &edits.entries {
-            let map = rs.maps.get_mut(*map).expect("our maps always exist");
-            match target {
-                Some(chain) => map
-                    .entries
-                    .insert(key.clone(), MapTarget::Goto(chain.clone())),
-                None => map.entries.remove(key),
-            };
-        }
         for (name, rules) in &edits.chains {
             match rules {
                 Some(rules) => {
@@ -492,14 +511,6 @@ impl Indexed {
         for (name, _) in &edits.sets {
             if let Some(set) = rs.sets.get(name) {
                 out.sets.insert(name.clone(), set.clone());
-            }
-        }
-        for (name, key, _) in &edits.entries {
-            if let Some(map) = rs.maps.get(*name) {
-                let part = out.maps.entry(name.to_string()).or_default();
-                if let Some(target) = map.entries.get(key) {
-                    part.entries.insert(key.clone(), target.clone());
-                }
             }
         }
         for (name, _) in &edits.chains {

@@ -213,14 +213,14 @@ fn planned(spec: PolicySpec, changes: &[SpecChange]) -> Vec<String> {
 }
 
 #[test]
-fn an_endpoint_whose_list_exists_is_elements_and_entries_only() {
+fn an_endpoint_whose_list_exists_is_elements_only() {
+    let list = list_set(&profile_list_id(&["a".to_string()]));
     assert_eq!(
         planned(node(), &joins(3, "a")),
         [
-            "add 1 element to set ep-src.v4",
-            "add 1 element to set ng.a.v4",
-            "add 1 entry to map from-ep",
-            "add 1 entry to map to-ep",
+            "add 1 element to set ep-src.v4".to_string(),
+            format!("add 1 element to set {list}"),
+            "add 1 element to set ng.a.v4".to_string(),
         ]
     );
 }
@@ -228,11 +228,20 @@ fn an_endpoint_whose_list_exists_is_elements_and_entries_only() {
 #[test]
 fn the_first_endpoint_of_a_netgroup_brings_its_chains_and_sets() {
     let lines = planned(node(), &joins(3, "b"));
-    let want_start = ["create set ng.b.v4", "create set ng.b.v6"];
-    assert_eq!(&lines[..2], want_start, "{lines:?}");
-    assert!(lines[2].starts_with("create chain ep-in."), "{lines:?}");
-    assert!(lines[3].starts_with("create chain ep-out."), "{lines:?}");
+    let list = list_set(&profile_list_id(&["b".to_string()]));
+    let want_start = [
+        format!("create set {list}"),
+        "create set ng.b.v4".to_string(),
+        "create set ng.b.v6".to_string(),
+    ];
+    assert_eq!(&lines[..3], want_start, "{lines:?}");
+    assert!(lines[3].starts_with("create chain ep-in."), "{lines:?}");
+    assert!(lines[4].starts_with("create chain ep-out."), "{lines:?}");
     assert!(lines.contains(&"add 1 element to set ng.b.v4".to_string()));
+    assert!(lines.contains(&format!("add 1 element to set {list}")));
+    // A new list: one more rule in each dispatch chain.
+    assert!(lines.contains(&format!("replace rules of chain {FROM_LIST} (3 rules)")));
+    assert!(lines.contains(&format!("replace rules of chain {TO_LIST} (3 rules)")));
 }
 
 #[test]

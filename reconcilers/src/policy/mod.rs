@@ -1,8 +1,8 @@
 //! The policy reconciler: one nftables table, `inet calico-mesos`, that
 //! holds the inbound and outbound rules of each distinct profile list the
 //! node's endpoints have (one pair of chains per list, shared by its
-//! endpoints), verdict maps from each endpoint's interface to its list's
-//! chains, netgroup membership as sets and anti-spoofing (DESIGN.md,
+//! endpoints), a set of each list's interfaces with one dispatch rule per
+//! list, netgroup membership as sets and anti-spoofing (DESIGN.md,
 //! "Policy" and "Dataplane per endpoint").
 //!
 //! Pure planning is separated from side effects: [`render()`] (spec →

@@ -84,6 +84,7 @@ fn set_type(kind: SetKind) -> SetTypeValue<'static> {
         SetKind::IfnameIpv6 => {
             SetTypeValue::Concatenated(Cow::Owned(vec![SetType::Ifname, SetType::Ipv6Addr]))
         }
+        SetKind::Ifname => SetTypeValue::Single(SetType::Ifname),
         SetKind::Unsupported => unreachable!("never planned: only observed"),
     }
 }
@@ -105,6 +106,7 @@ pub(crate) fn elem_expr(e: &SetElem) -> Expression<'static> {
             s(i.to_string()),
             s(a.to_string()),
         ])),
+        SetElem::If(i) => s(i.to_string()),
     }
 }
 

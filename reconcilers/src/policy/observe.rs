@@ -226,6 +226,7 @@ fn parse_elem(kind: SetKind, e: &Elem) -> Option<SetElem> {
             IpAddr::V6(a) if kind == SetKind::Ipv6 => Some(SetElem::V6(a)),
             _ => None,
         },
+        (SetKind::Ifname, Elem::Text(s)) => Some(SetElem::If(s.as_str().into())),
         (SetKind::IfnameIpv4 | SetKind::IfnameIpv6, Elem::Concat(parts)) => {
             let [Elem::Text(ifname), Elem::Text(addr)] = parts.as_slice() else {
                 return None;
@@ -248,6 +249,7 @@ fn set_kind(t: &Value) -> SetKind {
     match SetTypeValue::deserialize(t) {
         Ok(SetTypeValue::Single(SetType::Ipv4Addr)) => SetKind::Ipv4,
         Ok(SetTypeValue::Single(SetType::Ipv6Addr)) => SetKind::Ipv6,
+        Ok(SetTypeValue::Single(SetType::Ifname)) => SetKind::Ifname,
         Ok(SetTypeValue::Concatenated(parts)) => match parts.as_ref() {
             [SetType::Ifname, SetType::Ipv4Addr] => SetKind::IfnameIpv4,
             [SetType::Ifname, SetType::Ipv6Addr] => SetKind::IfnameIpv6,

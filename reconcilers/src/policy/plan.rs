@@ -4,9 +4,10 @@
 //!
 //! Membership and address changes are element updates only, and so is an
 //! endpoint whose profile list the node already has (its anti-spoofing
-//! elements, its two map entries, its netgroup members): chains belong to
-//! profile lists, so a list's pair is created with its first endpoint and
-//! deleted, after its map entries, with its last. A chain is rewritten
+//! elements, its list set element, its netgroup members): chains and list
+//! sets belong to profile lists, so a list's pair and set are created with
+//! its first endpoint and deleted, after the dispatch rule that names
+//! them, with its last. A chain is rewritten
 //! only when its rules (their comments) differ; the table is
 //! deleted and rebuilt (inside the same transaction, so traffic never sees
 //! it missing) only when its structure is not ours: a base chain with

@@ -103,9 +103,14 @@ fn plan_between(from: &PolicySpec, to: &PolicySpec) -> Vec<PolicyAction> {
 
 /// The names of the (outbound, inbound) chains of a profile list.
 fn chains_for(profiles: &[&str]) -> (String, String) {
-    let list: Vec<String> = profiles.iter().map(|p| p.to_string()).collect();
-    let id = profile_list_id(&list);
+    let id = id_of(profiles);
     (ep_out_chain(&id), ep_in_chain(&id))
+}
+
+/// The id of a profile list.
+fn id_of(profiles: &[&str]) -> String {
+    let list: Vec<String> = profiles.iter().map(|p| p.to_string()).collect();
+    profile_list_id(&list)
 }
 
 fn lines(actions: &[PolicyAction]) -> Vec<String> {
@@ -135,31 +140,26 @@ fn table_missing_is_a_full_create() {
 }
 
 #[test]
-fn an_endpoint_with_a_profile_list_the_node_has_is_elements_and_entries() {
+fn an_endpoint_with_a_profile_list_the_node_has_is_elements_only() {
     let before = six();
     let mut after = six();
     // 1 and 2 already have [host:node1, a].
     add_endpoint(&mut after, 7, &["a"]);
     let actions = plan_between(&before, &after);
+    let list = list_set(&id_of(&["host:node1", "a"]));
     assert_eq!(
         lines(&actions),
         vec![
-            "add 1 element to set ep-src.v4",
-            "add 1 element to set ep-src.v6",
-            "add 1 element to set ng.a.v4",
-            "add 1 element to set ng.a.v6",
-            "add 1 entry to map from-ep",
-            "add 1 entry to map to-ep",
+            "add 1 element to set ep-src.v4".to_string(),
+            "add 1 element to set ep-src.v6".to_string(),
+            format!("add 1 element to set {list}"),
+            "add 1 element to set ng.a.v4".to_string(),
+            "add 1 element to set ng.a.v6".to_string(),
         ]
     );
-    let (out, inn) = chains_for(&["host:node1", "a"]);
-    assert!(actions.contains(&PolicyAction::AddMapEntries {
-        map: "to-ep".into(),
-        entries: vec![(ifname(7), inn)]
-    }));
-    assert!(actions.contains(&PolicyAction::AddMapEntries {
-        map: "from-ep".into(),
-        entries: vec![(ifname(7), out)]
+    assert!(actions.contains(&PolicyAction::AddElements {
+        set: list,
+        elements: vec![SetElem::If(ifname(7).into())]
     }));
 }
 
@@ -170,27 +170,32 @@ fn the_first_endpoint_of_a_profile_list_brings_its_chains() {
     add_endpoint(&mut after, 7, &["c"]);
     let actions = plan_between(&before, &after);
     let (out, inn) = chains_for(&["host:node1", "c"]);
+    let list = list_set(&id_of(&["host:node1", "c"]));
+    // The six endpoints had five lists: the dispatch chains now hold six
+    // rules each, and the drop.
     assert_eq!(
         lines(&actions),
         vec![
+            format!("create set {list}"),
             "create set ng.c.v4".to_string(),
             "create set ng.c.v6".to_string(),
             format!("create chain {inn}"),
             format!("create chain {out}"),
             "add 1 element to set ep-src.v4".to_string(),
             "add 1 element to set ep-src.v6".to_string(),
+            format!("add 1 element to set {list}"),
             "add 1 element to set ng.c.v4".to_string(),
             "add 1 element to set ng.c.v6".to_string(),
             format!("fill chain {inn} (5 rules)"),
             format!("fill chain {out} (3 rules)"),
-            "add 1 entry to map from-ep".to_string(),
-            "add 1 entry to map to-ep".to_string(),
+            format!("replace rules of chain {FROM_LIST} (7 rules)"),
+            format!("replace rules of chain {TO_LIST} (7 rules)"),
         ]
     );
 }
 
 #[test]
-fn an_endpoint_removed_loses_entries_and_elements_before_its_lists_chains() {
+fn an_endpoint_removed_loses_elements_and_dispatch_rules_before_its_lists_chains() {
     let before = six();
     let mut after = six();
     // 4 is the only endpoint with [host:node1, a, b].
@@ -206,18 +211,29 @@ fn an_endpoint_removed_loses_entries_and_elements_before_its_lists_chains() {
     let mut names = vec![out, inn];
     names.sort();
     assert_eq!(actions[chains], PolicyAction::DeleteChains { names });
+    let list = list_set(&id_of(&["host:node1", "a", "b"]));
     for (i, a) in actions.iter().enumerate() {
         match a {
-            PolicyAction::DeleteMapEntries { keys, .. } => {
-                assert_eq!(keys, &vec![gone.clone()]);
+            PolicyAction::DeleteElements { set, elements } => {
                 assert!(i < chains);
+                assert_ne!(*set, list, "a set that goes is not emptied first");
+                assert!(!elements.contains(&SetElem::If(gone.as_str().into())));
             }
-            PolicyAction::DeleteElements { .. } => assert!(i < chains),
+            // The dispatch chains lose the list's rule before its chains go.
+            PolicyAction::ReplaceChain { name, rules } => {
+                assert!(i < chains);
+                assert!(*name == FROM_LIST || *name == TO_LIST, "{name}");
+                assert_eq!(rules.len(), 4 + 1, "four lists left, and the drop");
+            }
             PolicyAction::DeleteChains { .. } => {}
+            PolicyAction::DeleteSet { name } => {
+                assert_eq!(*name, list);
+                assert!(i > chains);
+            }
             other => panic!("unexpected {other}"),
         }
     }
-    assert_eq!(actions.len(), 2 + 6 + 1, "{:?}", lines(&actions));
+    assert_eq!(actions.len(), 6 + 2 + 1 + 1, "{:?}", lines(&actions));
 }
 
 #[test]
@@ -231,21 +247,21 @@ fn an_endpoint_removed_whose_list_others_share_keeps_the_chains() {
         m.ipv6.remove(&v6(1));
     }
     let actions = plan_between(&before, &after);
+    let list = list_set(&id_of(&["host:node1", "a"]));
     assert_eq!(
         lines(&actions),
         vec![
-            "delete 1 entry from map from-ep",
-            "delete 1 entry from map to-ep",
-            "delete 1 element from set ep-src.v4",
-            "delete 1 element from set ep-src.v6",
-            "delete 1 element from set ng.a.v4",
-            "delete 1 element from set ng.a.v6",
+            "delete 1 element from set ep-src.v4".to_string(),
+            "delete 1 element from set ep-src.v6".to_string(),
+            format!("delete 1 element from set {list}"),
+            "delete 1 element from set ng.a.v4".to_string(),
+            "delete 1 element from set ng.a.v6".to_string(),
         ]
     );
 }
 
 #[test]
-fn an_endpoint_moving_to_another_list_repoints_its_entries() {
+fn an_endpoint_moving_to_another_list_changes_list_sets() {
     let before = six();
     let mut after = six();
     // 3 ([host, b]) joins a too: [host, b, a] is new; [host, b] loses its
@@ -260,24 +276,37 @@ fn an_endpoint_moving_to_another_list_repoints_its_entries() {
     let actions = plan_between(&before, &after);
     let (new_out, new_in) = chains_for(&["host:node1", "b", "a"]);
     let (old_out, old_in) = chains_for(&["host:node1", "b"]);
+    let new_set = list_set(&id_of(&["host:node1", "b", "a"]));
+    let old_set = list_set(&id_of(&["host:node1", "b"]));
     let at = |f: &dyn Fn(&PolicyAction) -> bool| position(&actions, f);
-    let created = at(&|a| matches!(a, PolicyAction::CreateChain { name, .. } if *name == new_in));
+    let created = at(&|a| matches!(a, PolicyAction::CreateSet { name, .. } if *name == new_set));
+    let joined = at(&|a| {
+        matches!(a, PolicyAction::AddElements { set, elements }
+            if *set == new_set && *elements == [SetElem::If(e.as_str().into())])
+    });
     let filled = at(&|a| matches!(a, PolicyAction::FillChain { name, .. } if *name == new_in));
-    let unmapped =
-        at(&|a| matches!(a, PolicyAction::DeleteMapEntries { keys, .. } if *keys == [e.clone()]));
-    let mapped = at(
-        &|a| matches!(a, PolicyAction::AddMapEntries { entries, .. } if *entries == [(e.clone(), new_in.clone())]),
-    );
+    let filled_out = at(&|a| matches!(a, PolicyAction::FillChain { name, .. } if *name == new_out));
+    let dispatched =
+        at(&|a| matches!(a, PolicyAction::ReplaceChain { name, .. } if name == FROM_LIST));
     let deleted = at(
         &|a| matches!(a, PolicyAction::DeleteChains { names } if names.contains(&old_in) && names.contains(&old_out)),
     );
-    assert!(created < filled && filled < mapped && unmapped < mapped && mapped < deleted);
-    assert!(actions.iter().any(
-        |a| matches!(a, PolicyAction::AddMapEntries { entries, .. } if *entries == [(e.clone(), new_out.clone())])
-    ));
-    assert!(!actions
+    let dropped = at(&|a| matches!(a, PolicyAction::DeleteSet { name } if *name == old_set));
+    assert!(created < joined && joined < dispatched);
+    assert!(filled < dispatched && filled_out < dispatched);
+    assert!(dispatched < deleted && deleted < dropped);
+    let replaced: Vec<&str> = actions
         .iter()
-        .any(|a| matches!(a, PolicyAction::ReplaceChain { .. })));
+        .filter_map(|a| match a {
+            PolicyAction::ReplaceChain { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        replaced,
+        [FROM_LIST, TO_LIST],
+        "no other chain is rewritten"
+    );
 }
 
 #[test]
@@ -387,34 +416,44 @@ fn a_missing_set_is_created_and_filled() {
 fn a_deleted_element_is_added_back() {
     let want = render(&six()).unwrap();
     let mut have = want.clone();
+    let list = list_set(&id_of(&["host:node1", "a"]));
     have.sets.get_mut("ep-src.v6").unwrap().elements.pop_first();
-    have.maps.get_mut("to-ep").unwrap().entries.pop_first();
+    have.sets.get_mut(&list).unwrap().elements.pop_first();
     assert_eq!(
         lines(&plan(&want, Some(&have))),
-        vec!["add 1 element to set ep-src.v6", "add 1 entry to map to-ep"]
+        vec![
+            "add 1 element to set ep-src.v6".to_string(),
+            format!("add 1 element to set {list}"),
+        ]
     );
 }
 
 #[test]
-fn a_map_entry_pointing_elsewhere_is_rewritten() {
+fn an_interface_in_another_lists_set_is_moved_back() {
     let want = render(&six()).unwrap();
     let mut have = want.clone();
-    let e = ifname(1);
-    have.maps.get_mut("from-ep").unwrap().entries.insert(
-        e.as_str().into(),
-        MapTarget::Other("{\"accept\":null}".into()),
+    let e = SetElem::If(ifname(1).as_str().into());
+    let (right, wrong) = (
+        list_set(&id_of(&["host:node1", "a"])),
+        list_set(&id_of(&["host:node1", "b"])),
     );
+    have.sets.get_mut(&right).unwrap().elements.remove(&e);
+    have.sets
+        .get_mut(&wrong)
+        .unwrap()
+        .elements
+        .insert(e.clone());
     let actions = plan(&want, Some(&have));
     assert_eq!(
         actions,
         vec![
-            PolicyAction::DeleteMapEntries {
-                map: "from-ep".into(),
-                keys: vec![e.clone()]
+            PolicyAction::DeleteElements {
+                set: wrong,
+                elements: vec![e.clone()]
             },
-            PolicyAction::AddMapEntries {
-                map: "from-ep".into(),
-                entries: vec![(e.clone(), chains_for(&["host:node1", "a"]).0)]
+            PolicyAction::AddElements {
+                set: right,
+                elements: vec![e]
             },
         ]
     );
@@ -460,10 +499,14 @@ fn a_netgroup_no_longer_named_loses_its_sets_after_the_rules() {
     assert!(lines(&actions).contains(&"delete set ng.b.v4".to_string()));
     assert!(!actions.iter().any(|a| matches!(
         a,
-        PolicyAction::CreateChain { .. }
-            | PolicyAction::FillChain { .. }
-            | PolicyAction::ReplaceChain { .. }
+        PolicyAction::CreateChain { .. } | PolicyAction::FillChain { .. }
     )));
+    // Only the dispatch chains are rewritten (two lists went).
+    for a in &actions {
+        if let PolicyAction::ReplaceChain { name, .. } = a {
+            assert!(name == FROM_LIST || name == TO_LIST, "{name}");
+        }
+    }
 }
 
 #[test]
@@ -484,17 +527,53 @@ fn a_foreign_structure_is_rebuilt_in_one_transaction() {
     assert_eq!(plan(&want, Some(&have))[0], PolicyAction::DeleteTable);
 
     let mut have = want.clone();
-    have.maps.get_mut("to-ep").unwrap().well_typed = false;
+    let list = list_set(&id_of(&["host:node1", "a"]));
+    have.sets.get_mut(&list).unwrap().kind = SetKind::IfnameIpv4;
     assert_eq!(plan(&want, Some(&have))[0], PolicyAction::DeleteTable);
 }
 
 #[test]
+fn the_verdict_maps_of_an_earlier_version_go_after_the_rules_that_used_them() {
+    let want = render(&six()).unwrap();
+    let mut have = want.clone();
+    // The earlier version's dispatch: a map per direction, and the
+    // `vmap` rule in the endpoint chains.
+    for (map, chain) in [("from-ep", FROM_ENDPOINT), ("to-ep", TO_ENDPOINT)] {
+        let mut m = MapModel::default();
+        let out = ep_out_chain(&id_of(&["host:node1", "a"]));
+        m.entries
+            .insert(ifname(1).as_str().into(), MapTarget::Goto(out.into()));
+        have.maps.insert(map.to_string(), m);
+        let rules = &mut have.chains.get_mut(chain).unwrap().rules;
+        rules.pop();
+        rules.push(crate::policy::render::rule(
+            &format!("dispatch by {map}"),
+            vec![],
+        ));
+    }
+    let actions = plan(&want, Some(&have));
+    assert!(
+        !actions.contains(&PolicyAction::DeleteTable),
+        "migrated in place"
+    );
+    let replaced = position(&actions, |a| matches!(a, PolicyAction::ReplaceChain { .. }));
+    let dropped = position(&actions, |a| matches!(a, PolicyAction::DeleteMap { .. }));
+    assert!(replaced < dropped, "{:?}", lines(&actions));
+    assert_eq!(simulate(Some(have), &actions).unwrap(), Some(want));
+}
+
+#[test]
 fn a_new_cali_interface_without_policy_is_dropped() {
-    // The dispatch rules match every cali* interface; one that is in no
-    // map and no anti-spoofing set falls through to the drop rules.
+    // The jumps match every cali* interface; one that is in no list set
+    // and no anti-spoofing set falls through to the dispatch chains' drop.
     let rs = render(&base_spec()).unwrap();
-    for chain in [FROM_ENDPOINT, TO_ENDPOINT] {
-        let last = rs.chains[chain].rules.last().unwrap();
+    for (chain, dispatch) in [(FROM_ENDPOINT, FROM_LIST), (TO_ENDPOINT, TO_LIST)] {
+        let goto = rs.chains[chain].rules.last().unwrap();
+        assert!(matches!(
+            goto.expr.as_slice(),
+            [nftables::stmt::Statement::Goto(t)] if t.target == dispatch
+        ));
+        let last = rs.chains[dispatch].rules.last().unwrap();
         assert!(matches!(
             last.expr.as_slice(),
             [nftables::stmt::Statement::Drop(None)]
@@ -531,10 +610,11 @@ fn chains_grow_with_profile_lists_and_elements_with_endpoints() {
     assert_eq!(big.chains.len() - base.chains.len(), 6);
     assert_eq!(big.chains.len(), small.chains.len());
     assert_eq!(big.rule_count(), small.rule_count());
-    // Per endpoint: 2 anti-spoofing elements, 2 map entries, 2 members.
+    // Per endpoint: 2 anti-spoofing elements, 1 in its list's interface
+    // set, 2 members.
     let per = |r: &Ruleset| r.element_count() - base.element_count();
-    assert_eq!(per(&small), 50 * 6);
-    assert_eq!(per(&big), 100 * 6);
+    assert_eq!(per(&small), 50 * 5);
+    assert_eq!(per(&big), 100 * 5);
 }
 
 // Properties over random specs.
@@ -626,8 +706,9 @@ proptest! {
         prop_assert_eq!(rs.chains.len(), base.chains.len() + 2 * lists.len());
         for (ifname, ep) in &s.endpoints {
             let id = profile_list_id(&ep.profiles);
-            prop_assert_eq!(&rs.maps[FROM_EP_MAP].entries[ifname.as_str()], &MapTarget::Goto(ep_out_chain(&id).into()));
-            prop_assert_eq!(&rs.maps[TO_EP_MAP].entries[ifname.as_str()], &MapTarget::Goto(ep_in_chain(&id).into()));
+            prop_assert_eq!(rs.list_of(ifname), Some(id.as_str()));
+            prop_assert!(rs.chains.contains_key(&ep_out_chain(&id)));
+            prop_assert!(rs.chains.contains_key(&ep_in_chain(&id)));
         }
     }
 
@@ -643,11 +724,12 @@ proptest! {
         let actions = plan(&want, Some(&have));
         for a in &actions {
             prop_assert!(
-                matches!(a, PolicyAction::AddElements { .. } | PolicyAction::AddMapEntries { .. }),
-                "not an element or entry addition: {}", a
+                matches!(a, PolicyAction::AddElements { .. }),
+                "not an element addition: {}", a
             );
         }
-        prop_assert_eq!(actions.len(), 4);
+        // Anti-spoofing (IPv4, IPv6) and the list's interface set.
+        prop_assert_eq!(actions.len(), 3);
         prop_assert_eq!(simulate(Some(have), &actions), Ok(Some(want)));
     }
 

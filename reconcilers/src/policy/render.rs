@@ -10,34 +10,46 @@
 //!   forwarded packet) accept; anti-spoofing (`iifname . ip saddr` must be
 //!   in `ep-src.v4`, same for IPv6) *before* conntrack, so a spoofed packet
 //!   cannot ride on another endpoint's established flow; established and
-//!   related accept; invalid drop; `iifname vmap @from-ep` → `goto
-//!   ep-out.<id>` of the interface's profile list; drop (an interface with
-//!   no entry).
+//!   related accept; invalid drop; `goto from-endpoint-list`.
 //! - `to-endpoint`: neighbour discovery accept; established, related
-//!   accept; invalid drop; `oifname vmap @to-ep` → `goto ep-in.<id>`; drop.
+//!   accept; invalid drop; `goto to-endpoint-list`.
 //! - one pair of chains per distinct ordered profile list on the node, named
 //!   from it (`<id>` is [`profile_list_id`], 16 hex digits of a hash of the
-//!   list) and shared by every endpoint with that list: the maps send each
-//!   endpoint's interface to its list's pair. `ep-out.<id>`: every outbound
-//!   rule of the list's profiles with verdict `return` (back in the base
-//!   chain, the destination's check follows), de-duplicated, then drop.
-//!   `ep-in.<id>`: inbound rules with `accept`, then drop. A rule that
-//!   allows everything ends the chain (what would follow it could never
-//!   match). Unknown profiles add nothing, so a list whose profiles are all
-//!   unknown drops all. The name depends on the list, not on the profiles'
-//!   rules: editing a profile rewrites its lists' chains in place and
-//!   leaves every map entry alone.
+//!   list) and shared by every endpoint with that list, and one set
+//!   `ep.<id>` (`type ifname`) of those endpoints' interfaces. The
+//!   dispatch chains hold one rule per list, in id order:
+//!   `from-endpoint-list`: `iifname @ep.<id> goto ep-out.<id>`,
+//!   `to-endpoint-list`: `oifname @ep.<id> goto ep-in.<id>`; then drop (an
+//!   interface of no list). `ep-out.<id>`: every outbound rule of the
+//!   list's profiles with verdict `return` (back in the base chain, the
+//!   destination's check follows), de-duplicated, then drop. `ep-in.<id>`:
+//!   inbound rules with `accept`, then drop. A rule that allows everything
+//!   ends the chain (what would follow it could never match). Unknown
+//!   profiles add nothing, so a list whose profiles are all unknown drops
+//!   all. The name depends on the list, not on the profiles' rules: editing
+//!   a profile rewrites its lists' chains in place and leaves every set
+//!   alone.
+//!
+//!   Why sets and not a verdict map `ifname → goto`: every commit that
+//!   adds a verdict map element has the kernel validate the whole table,
+//!   every element of the map and the chain it names, so each isolate's
+//!   commit cost grew with the node; adding to a plain set validates
+//!   nothing. The price: a new flow of an endpoint walks one rule per list
+//!   on the node (after the conntrack accept, so only a flow's first
+//!   packet), and a list that comes or goes rewrites the two dispatch
+//!   chains.
 //! - netgroup `n` named by any rendered rule: sets `ng.<n>.v4`, `ng.<n>.v6`
 //!   with its members' addresses.
 //!
 //! Size: chains and rules grow with the number of distinct profile lists
 //! (at most the number of endpoints; on a real node one per combination of
 //! netgroups and `public` in use there, the host profile being the
-//! node's); set and map elements grow with endpoints (their addresses, two
-//! map entries each); two sets per netgroup; never anything per pair of
-//! endpoints. So an endpoint whose list the node already has is element
-//! updates only: its anti-spoofing elements, its two map entries, its
-//! netgroup members.
+//! node's), and so do the dispatch rules; set elements grow with
+//! endpoints (their addresses, and each interface once in its list's
+//! set); two sets per netgroup; never anything per pair of endpoints. So
+//! an endpoint whose list the node already has is element updates only:
+//! its anti-spoofing elements, its list set element, its netgroup
+//! members.
 
 use super::model::{PolicySpec, Rule};
 use super::ruleset::*;
@@ -46,7 +58,7 @@ use ipnet::IpNet;
 use nftables::expr::{
     Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem, CT,
 };
-use nftables::stmt::{JumpTarget, Match, Operator, Statement, VerdictMap};
+use nftables::stmt::{JumpTarget, Match, Operator, Statement};
 use nftables::types::NfHook;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -246,14 +258,42 @@ fn drop_rule(label: &str) -> RuleModel {
     rule(label, vec![Statement::Drop(None)])
 }
 
-fn dispatch(key: MetaKey, map: &str) -> RuleModel {
-    rule(
-        &format!("dispatch by {map}"),
-        vec![Statement::VerdictMap(VerdictMap {
-            key: meta(key),
-            data: s(format!("@{map}")),
-        })],
-    )
+fn goto(chain: &str) -> Statement<'static> {
+    Statement::Goto(JumpTarget {
+        target: Cow::Owned(chain.to_string()),
+    })
+}
+
+/// The rules of the two dispatch chains ([`FROM_LIST`], [`TO_LIST`]) for
+/// the profile lists `ids` (sorted, so a table renders one way): per list,
+/// its interface set → its chain; then drop (an interface of no list).
+pub(super) fn dispatch_chains<'a>(
+    ids: impl Iterator<Item = &'a str>,
+) -> (Vec<RuleModel>, Vec<RuleModel>) {
+    let by_set = |key: MetaKey, id: &str, chain: String| {
+        rule(
+            &format!("list {id}"),
+            vec![
+                matches(meta(key), Operator::EQ, s(format!("@{}", list_set(id)))),
+                goto(&chain),
+            ],
+        )
+    };
+    let (mut out, mut inn) = (Vec::new(), Vec::new());
+    for id in ids {
+        out.push(by_set(MetaKey::Iifname, id, ep_out_chain(id)));
+        inn.push(by_set(MetaKey::Oifname, id, ep_in_chain(id)));
+    }
+    out.push(drop_rule("no endpoint"));
+    inn.push(drop_rule("no endpoint"));
+    (out, inn)
+}
+
+/// The last rule of `from-endpoint` and `to-endpoint`: on to the
+/// dispatch chain (a `goto`, so the list chain's `return` goes back to
+/// the base chain).
+fn to_dispatch(chain: &str) -> RuleModel {
+    rule(&format!("by profile list in {chain}"), vec![goto(chain)])
 }
 
 fn cali_jump(key: MetaKey, chain: &str) -> RuleModel {
@@ -313,8 +353,7 @@ fn base_chains(rs: &mut Ruleset) {
                 spoof("ip6", SRC_V6),
                 established.clone(),
                 invalid.clone(),
-                dispatch(MetaKey::Iifname, FROM_EP_MAP),
-                drop_rule("no endpoint"),
+                to_dispatch(FROM_LIST),
             ],
         },
     );
@@ -326,8 +365,7 @@ fn base_chains(rs: &mut Ruleset) {
                 nd_rule(&["nd-neighbor-solicit", "nd-neighbor-advert"]),
                 established,
                 invalid,
-                dispatch(MetaKey::Oifname, TO_EP_MAP),
-                drop_rule("no endpoint"),
+                to_dispatch(TO_LIST),
             ],
         },
     );
@@ -470,14 +508,12 @@ pub fn render(spec: &PolicySpec) -> Result<Ruleset, RenderError> {
     let n = spec.endpoints.len();
     let mut src4 = Vec::with_capacity(n);
     let mut src6 = Vec::with_capacity(n);
-    let mut from_ep = Vec::with_capacity(n);
-    let mut to_ep = Vec::with_capacity(n);
     let mut netgroups = BTreeSet::new();
     // Many lists share profiles: render each (rule, direction) once.
     let mut memo: HashMap<(&Rule, Dir), Vec<RuleModel>> = HashMap::new();
     let deny = drop_rule("nothing allows it");
-    // Profile list → the names of its (outbound, inbound) chains.
-    let mut lists: HashMap<&[String], (Arc<str>, Arc<str>)> = HashMap::new();
+    // Profile list → its id and its endpoints' interfaces.
+    let mut lists: HashMap<&[String], (String, Vec<SetElem>)> = HashMap::new();
     for (ifname, ep) in &spec.endpoints {
         if !valid_endpoint(ifname) {
             return Err(RenderError::EndpointName {
@@ -487,17 +523,15 @@ pub fn render(spec: &PolicySpec) -> Result<Ruleset, RenderError> {
         let name: Arc<str> = Arc::from(ifname.as_str());
         src4.extend(ep.ipv4.iter().map(|a| SetElem::IfV4(name.clone(), *a)));
         src6.extend(ep.ipv6.iter().map(|a| SetElem::IfV6(name.clone(), *a)));
-        let (out, inn) = match lists.entry(ep.profiles.as_slice()) {
+        let (_, members) = match lists.entry(ep.profiles.as_slice()) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let id = profile_list_id(&ep.profiles);
-                let pair: (Arc<str>, Arc<str>) =
-                    (ep_out_chain(&id).into(), ep_in_chain(&id).into());
-                for (dir, chain) in [(Dir::Out, &pair.0), (Dir::In, &pair.1)] {
+                for (dir, chain) in [(Dir::Out, ep_out_chain(&id)), (Dir::In, ep_in_chain(&id))] {
                     let rules =
                         list_rules(spec, &ep.profiles, dir, &mut memo, &mut netgroups, &deny)?;
                     let model = ChainModel { base: None, rules };
-                    if rs.chains.insert(chain.to_string(), model).is_some() {
+                    if rs.chains.insert(chain, model).is_some() {
                         let first = spec
                             .endpoints
                             .values()
@@ -512,26 +546,29 @@ pub fn render(spec: &PolicySpec) -> Result<Ruleset, RenderError> {
                         });
                     }
                 }
-                e.insert(pair)
+                e.insert((id, Vec::new()))
             }
         };
-        from_ep.push((name.clone(), MapTarget::Goto(out.clone())));
-        to_ep.push((name, MapTarget::Goto(inn.clone())));
+        members.push(SetElem::If(name));
     }
     let set = |kind, elements: Vec<SetElem>| SetModel {
         kind,
         elements: elements.into_iter().collect(),
     };
-    let map = |entries: Vec<(Arc<str>, MapTarget)>| MapModel {
-        well_typed: true,
-        entries: entries.into_iter().collect(),
-    };
     rs.sets
         .insert(SRC_V4.to_string(), set(SetKind::IfnameIpv4, src4));
     rs.sets
         .insert(SRC_V6.to_string(), set(SetKind::IfnameIpv6, src6));
-    rs.maps.insert(FROM_EP_MAP.to_string(), map(from_ep));
-    rs.maps.insert(TO_EP_MAP.to_string(), map(to_ep));
+    let mut ids = BTreeSet::new();
+    for (id, members) in lists.into_values() {
+        rs.sets.insert(list_set(&id), set(SetKind::Ifname, members));
+        ids.insert(id);
+    }
+    let (from_list, to_list) = dispatch_chains(ids.iter().map(String::as_str));
+    for (name, rules) in [(FROM_LIST, from_list), (TO_LIST, to_list)] {
+        rs.chains
+            .insert(name.to_string(), ChainModel { base: None, rules });
+    }
     for n in netgroups {
         let (v4, v6) = match spec.netgroups.get(&n) {
             Some(m) => (
@@ -599,11 +636,8 @@ mod tests {
 
     /// The (outbound, inbound) chains of endpoint `ifname`, through the maps.
     fn chains_of<'r>(rs: &'r Ruleset, ifname: &str) -> (&'r ChainModel, &'r ChainModel) {
-        let target = |map: &str| match &rs.maps[map].entries[ifname] {
-            MapTarget::Goto(chain) => &rs.chains[&**chain],
-            other => panic!("{other:?}"),
-        };
-        (target(FROM_EP_MAP), target(TO_EP_MAP))
+        let id = rs.list_of(ifname).expect("in a list set");
+        (&rs.chains[&ep_out_chain(id)], &rs.chains[&ep_in_chain(id)])
     }
 
     #[test]
@@ -628,9 +662,10 @@ mod tests {
     #[test]
     fn netgroup_sets_exist_only_when_named() {
         let rs = render(&spec()).unwrap();
+        let list = list_set(rs.list_of("cali1").unwrap());
         assert_eq!(
             rs.sets.keys().collect::<Vec<_>>(),
-            ["ep-src.v4", "ep-src.v6", "ng.a.v4", "ng.a.v6"]
+            ["ep-src.v4", "ep-src.v6", &list, "ng.a.v4", "ng.a.v6"]
         );
         assert_eq!(rs.sets["ng.a.v4"].elements.len(), 1);
         assert!(rs.sets["ng.a.v6"].elements.is_empty());
@@ -657,21 +692,21 @@ mod tests {
         let rs = render(&s).unwrap();
         let id = profile_list_id(&one.profiles);
         for ifname in ["cali1", "cali2"] {
-            assert_eq!(
-                rs.maps[FROM_EP_MAP].entries[ifname],
-                MapTarget::Goto(format!("ep-out.{id}").into())
-            );
-            assert_eq!(
-                rs.maps[TO_EP_MAP].entries[ifname],
-                MapTarget::Goto(format!("ep-in.{id}").into())
-            );
+            assert_eq!(rs.list_of(ifname), Some(id.as_str()));
         }
         // Order matters (it decides where a rule allowing all stops the
         // chain): another order is another list.
-        assert_ne!(
-            rs.maps[TO_EP_MAP].entries["cali3"],
-            rs.maps[TO_EP_MAP].entries["cali1"]
-        );
+        assert_ne!(rs.list_of("cali3"), rs.list_of("cali1"));
+        // One dispatch rule per list, in id order, then the drop.
+        let mut ids = vec![id.clone(), rs.list_of("cali3").unwrap().to_string()];
+        ids.sort();
+        let dispatch = rs.chains[FROM_LIST].signature();
+        assert_eq!(dispatch.len(), 3, "{dispatch:?}");
+        for (rule, id) in dispatch.iter().zip(&ids) {
+            assert!(rule.starts_with(&format!("list {id} ")), "{rule}");
+        }
+        assert!(dispatch[2].starts_with("no endpoint "));
+        assert!(rs.maps.is_empty(), "no verdict maps");
         // Two lists, two chains each.
         let chains: Vec<&String> = rs.chains.keys().filter(|n| n.starts_with("ep-")).collect();
         assert_eq!(chains.len(), 4, "{chains:?}");

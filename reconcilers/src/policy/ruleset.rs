@@ -29,11 +29,12 @@ pub const FAMILY: NfFamily = NfFamily::INet;
 pub const FROM_ENDPOINT: &str = "from-endpoint";
 /// Chain that checks traffic going to an endpoint (its inbound rules).
 pub const TO_ENDPOINT: &str = "to-endpoint";
-/// Verdict map: incoming interface → `goto ep-out.<id>` of its profile
-/// list.
-pub const FROM_EP_MAP: &str = "from-ep";
-/// Verdict map: outgoing interface → `goto ep-in.<id>` of its profile list.
-pub const TO_EP_MAP: &str = "to-ep";
+/// Chain that sends traffic from an endpoint to its profile list's
+/// `ep-out.<id>`: one rule per list, matching the list's interface set.
+pub const FROM_LIST: &str = "from-endpoint-list";
+/// Chain that sends traffic to an endpoint to its profile list's
+/// `ep-in.<id>`: one rule per list, matching the list's interface set.
+pub const TO_LIST: &str = "to-endpoint-list";
 /// Anti-spoofing set: `ifname . ipv4_addr` pairs an endpoint may send from.
 pub const SRC_V4: &str = "ep-src.v4";
 /// Anti-spoofing set: `ifname . ipv6_addr` pairs an endpoint may send from.
@@ -69,12 +70,20 @@ pub fn ep_in_chain(list_id: &str) -> String {
     format!("ep-in.{list_id}")
 }
 
+/// The set of the host interfaces of the endpoints that have a profile
+/// list (by its [`profile_list_id`]).
+pub fn list_set(list_id: &str) -> String {
+    format!("ep.{list_id}")
+}
+
 /// The set holding a netgroup's IPv4 (`v6 == false`) or IPv6 members.
 pub fn netgroup_set(netgroup: &str, v6: bool) -> String {
     format!("ng.{netgroup}.{}", if v6 { "v6" } else { "v4" })
 }
 
-/// The whole table: named sets, verdict maps and chains, by name.
+/// The whole table: named sets, verdict maps and chains, by name. We
+/// build no maps any more (see [`FROM_LIST`]); a table of an earlier
+/// version has two, which a plan deletes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
     /// Named sets.
@@ -96,6 +105,8 @@ pub enum SetKind {
     IfnameIpv4,
     /// `ifname . ipv6_addr`.
     IfnameIpv6,
+    /// `ifname`.
+    Ifname,
     /// Only in observations: a type we never build, or elements we could
     /// not read. Never equal to what we want, so the table is rebuilt.
     Unsupported,
@@ -109,6 +120,7 @@ impl SetKind {
             SetKind::Ipv6 => &["ipv6_addr"],
             SetKind::IfnameIpv4 => &["ifname", "ipv4_addr"],
             SetKind::IfnameIpv6 => &["ifname", "ipv6_addr"],
+            SetKind::Ifname => &["ifname"],
             SetKind::Unsupported => &[],
         }
     }
@@ -125,6 +137,8 @@ pub enum SetElem {
     IfV4(Arc<str>, Ipv4Addr),
     /// An interface and an IPv6 address.
     IfV6(Arc<str>, Ipv6Addr),
+    /// An interface.
+    If(Arc<str>),
 }
 
 impl SetElem {
@@ -135,6 +149,7 @@ impl SetElem {
             SetElem::V6(_) => SetKind::Ipv6,
             SetElem::IfV4(..) => SetKind::IfnameIpv4,
             SetElem::IfV6(..) => SetKind::IfnameIpv6,
+            SetElem::If(_) => SetKind::Ifname,
         }
     }
 }
@@ -146,6 +161,7 @@ impl std::fmt::Display for SetElem {
             SetElem::V6(a) => write!(f, "{a}"),
             SetElem::IfV4(i, a) => write!(f, "\"{i}\" . {a}"),
             SetElem::IfV6(i, a) => write!(f, "\"{i}\" . {a}"),
+            SetElem::If(i) => write!(f, "\"{i}\""),
         }
     }
 }
@@ -264,6 +280,15 @@ impl Ruleset {
     /// Number of rules in all chains.
     pub fn rule_count(&self) -> usize {
         self.chains.values().map(|c| c.rules.len()).sum()
+    }
+
+    /// The id of the profile list whose interface set holds `ifname`.
+    pub fn list_of(&self, ifname: &str) -> Option<&str> {
+        let elem = SetElem::If(ifname.into());
+        self.sets.iter().find_map(|(name, set)| {
+            let id = name.strip_prefix("ep.")?;
+            set.elements.contains(&elem).then_some(id)
+        })
     }
 
     /// Number of set elements plus map entries.
