@@ -7,10 +7,11 @@
 //! list's chains name and how many lists name each netgroup (its sets live
 //! while one does). An update applies the changes to the spec, works out
 //! which elements, chains and sets they touch (nothing else can differ;
-//! the dispatch chains only when a list comes or goes), and returns that part of the table before and after
-//! ([`Delta`]). [`plan()`](super::plan()) of the two small tables gives
-//! exactly the actions that planning the whole new table against the
-//! whole old one gives: every comparison `plan` makes is per name or per
+//! the dispatch chains only when a list comes or goes), and returns that
+//! part of the table before and after ([`Delta`]).
+//! [`plan()`](super::plan()) of the two small tables gives exactly the
+//! actions that planning the whole new table against the whole old one
+//! gives: every comparison `plan` makes is per name or per
 //! element, and what lies outside the delta is equal on both sides.
 //!
 //! The from-scratch path stays: a [`RenderedPolicy`] is built by
@@ -277,8 +278,8 @@ impl Indexed {
                 .cloned(),
         );
         let mut named_before: HashMap<String, bool> = HashMap::new();
-        // Lists made or gone in this update: their sets are written whole.
-        let mut whole: HashSet<&[String]> = HashSet::new();
+        // Whether a list came or went (the dispatch chains change then).
+        let mut lists_changed = false;
         for list in &affected {
             let list = list.as_slice();
             let step = counts.get(list).copied().unwrap_or(0);
@@ -291,7 +292,7 @@ impl Indexed {
                     edits.chains.push((gone.out, None));
                     edits.chains.push((gone.inn, None));
                     edits.sets.push((list_set(&gone.id), None));
-                    whole.insert(list);
+                    lists_changed = true;
                     self.name(&gone.netgroups, &BTreeSet::new(), &mut named_before);
                     continue;
                 }
@@ -314,15 +315,11 @@ impl Indexed {
                             second: list.to_vec(),
                         });
                     }
-                    let mut members = SetModel::new(SetKind::Ifname);
-                    members.elements = spec
-                        .endpoints
-                        .iter()
-                        .filter(|(_, ep)| ep.profiles.as_slice() == list)
-                        .map(|(ifname, _)| SetElem::If(ifname.as_str().into()))
-                        .collect();
+                    // Made empty: its endpoints all moved into it, and
+                    // are added below.
+                    let members = SetModel::new(SetKind::Ifname);
                     edits.sets.push((list_set(&id), Some(members)));
-                    whole.insert(list);
+                    lists_changed = true;
                     self.lists.insert(
                         list.to_vec(),
                         List {
@@ -352,19 +349,19 @@ impl Indexed {
             l.netgroups = chains.netgroups.clone();
             self.name(&old_netgroups, &chains.netgroups, &mut named_before);
         }
-        // List set elements of the endpoints that changed lists, in the
-        // sets that stay; the dispatch chains when a list came or went.
+        // List set elements of the endpoints that changed lists (a list
+        // that went takes its set with it); the dispatch chains when a
+        // list came or went.
         for (ifname, before, after) in moved {
             for (list, present) in [(before, false), (after, true)] {
-                let Some(list) = list.filter(|l| !whole.contains(l)) else {
+                let Some(l) = list.and_then(|l| self.lists.get(l)) else {
                     continue;
                 };
-                let id = &self.lists[list].id;
                 let elem = SetElem::If(ifname.into());
-                edits.members.push((list_set(id), elem, present));
+                edits.members.push((list_set(&l.id), elem, present));
             }
         }
-        if !whole.is_empty() {
+        if lists_changed {
             let mut ids: Vec<&str> = self.lists.values().map(|l| l.id.as_str()).collect();
             ids.sort_unstable();
             let (from_list, to_list) = dispatch_chains(ids.into_iter());

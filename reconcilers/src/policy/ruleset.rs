@@ -70,10 +70,13 @@ pub fn ep_in_chain(list_id: &str) -> String {
     format!("ep-in.{list_id}")
 }
 
+/// What the name of a profile list's interface set starts with.
+const LIST_SET_PREFIX: &str = "ep.";
+
 /// The set of the host interfaces of the endpoints that have a profile
 /// list (by its [`profile_list_id`]).
 pub fn list_set(list_id: &str) -> String {
-    format!("ep.{list_id}")
+    format!("{LIST_SET_PREFIX}{list_id}")
 }
 
 /// The set holding a netgroup's IPv4 (`v6 == false`) or IPv6 members.
@@ -286,7 +289,7 @@ impl Ruleset {
     pub fn list_of(&self, ifname: &str) -> Option<&str> {
         let elem = SetElem::If(ifname.into());
         self.sets.iter().find_map(|(name, set)| {
-            let id = name.strip_prefix("ep.")?;
+            let id = name.strip_prefix(LIST_SET_PREFIX)?;
             set.elements.contains(&elem).then_some(id)
         })
     }
