@@ -217,3 +217,61 @@ fn events_tell_our_own_changes_and_unchanged_links_from_drift() {
         })
     });
 }
+
+#[test]
+fn our_own_changes_inside_a_container_and_the_kernels_routes_never_arrive() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new("evfilt", 1);
+    let a = Container::new(&node.ns);
+    let sa = spec(&a, "container-a", 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (na, node_port, seen) = node.ns.run(|| {
+        rt.block_on(async {
+            let dp = EndpointDataplane::new().unwrap();
+            // Subscribed before the endpoint is made: every change of the
+            // ensure (eth0 and lo up, addresses, routes, neighbours inside
+            // the container; the kernel's routes that follow) happens
+            // while we listen.
+            let mut events = Events::all_namespaces().unwrap();
+            let ensured = dp.ensure(&sa, false).await.unwrap();
+            assert!(!ensured.actions.is_empty());
+            let na = ensured.container_nsid.expect("A has an id");
+            // Someone else's change inside A does arrive.
+            a.exec_ok(&["ip", "addr", "add", "198.18.0.99/32", "dev", "eth0"]);
+            let seen = until(&mut events, Duration::from_secs(5), |e| {
+                e.nsid == Some(na) && matches!(e.kind, KernelEvent::Address { address: Some(a), .. } if a.to_string() == "198.18.0.99")
+            })
+            .await
+            .unwrap_or_else(|seen| panic!("no address event tagged {na}: {seen:?}"));
+            (na, dp.node_port_id(), seen)
+        })
+    });
+    let ours = reconcilers::events::container_port_id();
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e.nsid == Some(na) && e.requester == ours),
+        "an echo of our own change inside the container: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|e| matches!(
+            e.kind,
+            KernelEvent::Route {
+                protocol: libc::RTPROT_KERNEL,
+                ..
+            }
+        )),
+        "a route of the kernel's own: {seen:?}"
+    );
+    // The node side's echoes are the daemon's to skip: they arrive.
+    assert!(
+        seen.iter()
+            .any(|e| e.nsid.is_none() && e.requester == node_port),
+        "no echo of the node side's changes: {seen:?}"
+    );
+}

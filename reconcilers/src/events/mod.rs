@@ -11,6 +11,7 @@
 //! - `exit`: a process's exit ([`ProcessExit`]).
 
 mod exit;
+mod filter;
 mod parse;
 mod socket;
 

@@ -6,9 +6,10 @@
 //! Owns: its one socket. It never enters another namespace: the kernel
 //! delivers the events of every namespace that has an id in ours.
 
+use super::filter;
 use super::parse::{kernel_events, source_nsid};
 use super::{Event, KernelEvent};
-use crate::nl::NlError;
+use crate::nl::{container_port_id, NlError};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -63,6 +64,7 @@ fn open(all_namespaces: bool) -> std::io::Result<Socket> {
     s.set_rx_buf_sz(RX_BUFFER)?;
     if all_namespaces {
         s.set_listen_all_namespaces(true)?;
+        filter::attach(s.as_raw_fd(), &filter::program(container_port_id()))?;
     }
     s.set_non_blocking(true)?;
     Ok(s)
@@ -79,7 +81,10 @@ impl Events {
     /// that has an id in it (`NETLINK_LISTEN_ALL_NSID`), each tagged with
     /// that id (must run inside a tokio runtime). A container's namespace
     /// has one once a veth joins it to ours (see
-    /// [`crate::endpoint::Ensured::container_nsid`]).
+    /// [`crate::endpoint::Ensured::container_nsid`]). Never delivered
+    /// (dropped in the kernel, see [`super::filter`]): the echoes of this
+    /// process's changes inside containers (requester
+    /// [`container_port_id`]) and the kernel's own routes, anywhere.
     pub fn all_namespaces() -> Result<Events, NlError> {
         Self::subscribe(true)
     }
