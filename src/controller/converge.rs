@@ -1,8 +1,8 @@
 //! Getting one endpoint reconciled *now*, for a front end that waits on it
 //! ([`Converge`]). From a process of its own ([`KickOrInline`]): ask the
 //! node's daemon (a kick), or, when no daemon runs, reconcile in this
-//! process under the node lock. Inside the daemon, the daemon's own runner
-//! does it. Every way, the same [`reconcile_endpoint`] runs.
+//! process under the node lock. Inside the daemon, the thread serving the
+//! request runs it, under the endpoint's key lock. Every way, the same [`reconcile_endpoint`] runs.
 
 use super::dataplane::Home;
 use super::kick::{kick, KickError};

@@ -13,6 +13,7 @@ use super::echoes::OwnRequests;
 use super::fabric::FabricView;
 use super::freshness::Freshness;
 use super::index::OwnerIndex;
+use super::key_locks::KeyLocks;
 use super::kick::{self, KickReply, KickRequest, ServeRequest};
 use super::link_book::{LinkBook, Side, Verdict};
 use super::lock::NodeLock;
@@ -22,7 +23,8 @@ use super::reconcile::{
     collect_leaked_addresses, list_and_sweep, reconcile_endpoint, reconcile_policy, spec_of,
     NodeContext, Outcome, Sweep,
 };
-use super::runner::{self, Trigger};
+use super::runner::{self, RunResult, Trigger};
+use super::scheduler::BACKOFF_MIN;
 use crate::config::Config;
 use crate::endpoint::{self, Endpoint, NetnsId};
 use crate::ipam::Block;
@@ -115,6 +117,9 @@ struct Shared {
     started_ms: u64,
     /// Endpoints known right without looking (see [`Freshness`]).
     fresh: Freshness,
+    /// Held by each reconcile of an endpoint, by container id: the runner
+    /// and [`run_now`] never run one endpoint at once.
+    running: KeyLocks<String>,
     /// Resyncs so far.
     resyncs: std::sync::atomic::AtomicU64,
     /// What tells which store changes can move the fabric routes (blocks'
@@ -180,6 +185,7 @@ pub async fn run(
         triggers: tx.downgrade(),
         started_ms: endpoint::now_ms(),
         fresh: Freshness::default(),
+        running: KeyLocks::default(),
         resyncs: Default::default(),
         fabric_view: Mutex::new(None),
         leaks_collected: Mutex::new(None),
@@ -220,7 +226,7 @@ pub async fn run(
     shared.resync(&tx).await?;
     tracing::info!(node = %config.nodename, socket = %socket.display(), "daemon started");
     let (stop_accepting, stopping) = watch::channel(false);
-    let mut accepting = tokio::spawn(accept(listener, shared.clone(), tx.clone(), stopping));
+    let mut accepting = tokio::spawn(accept(listener, shared.clone(), stopping));
     tasks.spawn(watch_store(shared.clone(), tx.clone(), revision));
     tasks.spawn(watch_kernel(shared.clone(), tx.clone()));
     tasks.spawn(keep_alive(shared.clone(), liveness));
@@ -306,6 +312,7 @@ impl Shared {
     /// One run of the runner: reconcile, then keep watchers and the index
     /// in step with what happened.
     async fn reconcile(self: Arc<Self>, cid: String) -> Result<(), String> {
+        let _running = self.running.lock(cid.clone()).await;
         let started = std::time::Instant::now();
         let token = self.fresh.start(&cid);
         let run = self.links.begin(&cid);
@@ -584,13 +591,8 @@ impl Shared {
 /// Serves the kick socket until `stop` turns true, then stops listening
 /// and finishes the requests being answered. Each connection either asks
 /// for one endpoint (answered once a reconcile that started after the ask
-/// has finished) or hands over a net-modules request (answered here).
-async fn accept(
-    listener: UnixListener,
-    shared: Arc<Shared>,
-    tx: Triggers,
-    mut stop: watch::Receiver<bool>,
-) {
+/// has finished, run directly: [`run_now`]) or hands over a net-modules request (answered here).
+async fn accept(listener: UnixListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -598,7 +600,7 @@ async fn accept(
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(serve_connection(stream, shared.clone(), tx.clone()));
+                    connections.spawn(serve_connection(stream, shared.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept on the kick socket failed");
@@ -613,7 +615,7 @@ async fn accept(
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_connection(stream: UnixStream, shared: Arc<Shared>, tx: Triggers) {
+async fn serve_connection(stream: UnixStream, shared: Arc<Shared>) {
     let started = std::time::Instant::now();
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -625,17 +627,17 @@ async fn serve_connection(stream: UnixStream, shared: Arc<Shared>, tx: Triggers)
         };
     let reply = match request {
         Ok(KickRequest::Reconcile(cid)) => {
-            match reconcile_now(&shared, &tx, cid.clone(), kicked(&shared, &cid)).await {
+            let recorded = kicked(&shared, &cid);
+            match run_now(shared, cid, recorded).await {
                 Ok(()) => KickReply::Done,
-                Err(RunNowError::Stopping) => KickReply::Refused(STOPPING.into()),
-                Err(RunNowError::Failed(why)) => KickReply::Failed(why),
+                Err(why) => KickReply::Failed(why),
             }
         }
         Ok(KickRequest::Serve(request)) => match refusal(&shared.config, &request) {
             Some(why) => KickReply::Refused(why),
             // A plugin gone before this reply has not had anything done.
             None if send(&mut write, &KickReply::Accepted).await.is_err() => return,
-            None => KickReply::Answer(serve(shared, tx, request).await),
+            None => KickReply::Answer(serve(shared, request).await),
         },
         Err(e) => KickReply::Refused(format!("unreadable request: {e}")),
     };
@@ -655,18 +657,6 @@ async fn send(
     write.write_all(line.as_bytes()).await
 }
 
-const STOPPING: &str = "the daemon is stopping";
-
-/// Why [`reconcile_now`] has no successful run to report.
-#[derive(Debug, PartialEq, Eq)]
-enum RunNowError {
-    /// The runner stopped taking work.
-    Stopping,
-    /// The run failed (a store outage, or a dataplane failure the status
-    /// records); the message says why.
-    Failed(String),
-}
-
 /// The endpoint a kicking plugin process recorded for `cid`, read for the
 /// owner index (the store's change may reach the daemon later).
 fn kicked(shared: &Shared, cid: &str) -> Option<Endpoint> {
@@ -676,32 +666,23 @@ fn kicked(shared: &Shared, cid: &str) -> Option<Endpoint> {
         .map(|ep| ep.value)
 }
 
-/// Has `cid`'s endpoint reconciled by the runner (`recorded`, its intent
-/// as the caller knows it, goes into the owner index first), and waits
-/// until a run that started after this call has finished: its result. A
-/// failed run may have written no status (the store refused it), so the
-/// caller must not read the status as current then.
-async fn reconcile_now(
-    shared: &Shared,
-    tx: &Triggers,
-    cid: String,
-    recorded: Option<Endpoint>,
-) -> Result<(), RunNowError> {
+/// Reconciles `cid`'s endpoint here and now, for a request the daemon
+/// serves (`recorded`, its intent as the caller knows it, goes into the
+/// owner index first), without a trip through the runner: every hand-off
+/// between threads is a wake-up on the isolate's path. The endpoint's key
+/// lock keeps it from running beside a run of the runner; a failed run is
+/// handed to the runner, to be retried with backoff. A failed run may
+/// have written no status (the store refused it), so the caller must not
+/// read the status as current then.
+async fn run_now(shared: Arc<Shared>, cid: String, recorded: Option<Endpoint>) -> RunResult {
     if let Some(ep) = recorded {
         shared.index.upsert(ep);
     }
-    let (done, finished) = oneshot::channel();
-    let trigger = Trigger {
-        key: Work::Endpoint(cid),
-        at: Instant::now(),
-        done: Some(done),
-        reset_backoff: true,
-    };
-    tx.send(trigger).await.map_err(|_| RunNowError::Stopping)?;
-    finished
-        .await
-        .map_err(|_| RunNowError::Stopping)?
-        .map_err(RunNowError::Failed)
+    let result = shared.clone().reconcile(cid.clone()).await;
+    if result.is_err() {
+        shared.trigger(cid, BACKOFF_MIN, true);
+    }
+    result
 }
 
 /// Why the daemon will not answer a plugin's request for it: the plugin is
@@ -717,17 +698,17 @@ fn refusal(config: &Config, request: &ServeRequest) -> Option<String> {
     })
 }
 
-/// Answers a plugin's request with the daemon's store, reconciling through
-/// the runner; the plugin's `isolate_timeout` bounds the dataplane wait.
-async fn serve(shared: Arc<Shared>, tx: Triggers, request: ServeRequest) -> serde_json::Value {
+/// Answers a plugin's request with the daemon's store, reconciling its
+/// endpoint directly ([`Directly`]); the plugin's `isolate_timeout`
+/// bounds the dataplane wait.
+async fn serve(shared: Arc<Shared>, request: ServeRequest) -> serde_json::Value {
     let runtime = tokio::runtime::Handle::current();
     // The store's calls block: they run on a thread made for that.
     let answered = tokio::task::spawn_blocking(move || {
         let mut config = shared.config.clone();
         config.isolate_timeout = Duration::from_millis(request.isolate_timeout_ms.max(1));
-        let converger = ByRunner {
-            shared: &shared,
-            tx,
+        let converger = Directly {
+            shared: shared.clone(),
             runtime,
         };
         let answer = match plugin::parse(request.request.as_bytes()) {
@@ -782,31 +763,36 @@ fn allocate_grouped(shared: &Shared, args: request::Allocate) -> plugin::Answer 
         .expect("a request queued before its holder took the writer is in its group")
 }
 
-/// The daemon's way to converge an endpoint for a request it serves: a
-/// trigger to its own runner.
-struct ByRunner<'a> {
-    shared: &'a Shared,
-    tx: Triggers,
+/// The daemon's way to converge an endpoint for a request it serves:
+/// [`run_now`], on the thread that serves the request.
+struct Directly {
+    shared: Arc<Shared>,
     runtime: tokio::runtime::Handle,
 }
 
-impl Converge for ByRunner<'_> {
+impl Converge for Directly {
     fn converge(
         &self,
         recorded: &Endpoint,
         timeout: Duration,
     ) -> Result<Reconciler, ConvergeError> {
-        let run = reconcile_now(
-            self.shared,
-            &self.tx,
+        let mut run = Box::pin(run_now(
+            self.shared.clone(),
             recorded.container_id.clone(),
             Some(recorded.clone()),
-        );
-        match self.runtime.block_on(tokio::time::timeout(timeout, run)) {
+        ));
+        match self
+            .runtime
+            .block_on(tokio::time::timeout(timeout, &mut run))
+        {
             Ok(Ok(())) => Ok(Reconciler::Daemon),
-            Ok(Err(RunNowError::Stopping)) => Err(ConvergeError::Other(anyhow::anyhow!(STOPPING))),
-            Ok(Err(RunNowError::Failed(why))) => Err(ConvergeError::Other(anyhow::anyhow!(why))),
-            Err(_) => Err(ConvergeError::Timeout(timeout)),
+            Ok(Err(why)) => Err(ConvergeError::Other(anyhow::anyhow!(why))),
+            Err(_) => {
+                // Not cut off half-way: it finishes in the background,
+                // holding the endpoint's key until then.
+                self.runtime.spawn(run);
+                Err(ConvergeError::Timeout(timeout))
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod echoes;
 pub mod fabric;
 pub mod freshness;
 pub mod index;
+pub mod key_locks;
 pub mod kick;
 pub mod link_book;
 pub mod lock;
