@@ -309,8 +309,9 @@ impl Shared {
         }
     }
 
-    /// One run of the runner: reconcile, then keep watchers and the index
-    /// in step with what happened.
+    /// One reconcile of an endpoint, the runner's or a served request's
+    /// ([`run_now`]), under the endpoint's key lock: reconcile, then keep
+    /// watchers and the index in step with what happened.
     async fn reconcile(self: Arc<Self>, cid: String) -> Result<(), String> {
         let _running = self.running.lock(cid.clone()).await;
         let started = std::time::Instant::now();
@@ -591,7 +592,8 @@ impl Shared {
 /// Serves the kick socket until `stop` turns true, then stops listening
 /// and finishes the requests being answered. Each connection either asks
 /// for one endpoint (answered once a reconcile that started after the ask
-/// has finished, run directly: [`run_now`]) or hands over a net-modules request (answered here).
+/// has finished, run directly: [`run_now`]) or hands over a net-modules
+/// request (answered here).
 async fn accept(listener: UnixListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
     loop {
