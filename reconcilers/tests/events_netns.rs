@@ -11,6 +11,15 @@ use testsupport::{require_root, Container, Node};
 mod common;
 use common::spec;
 
+/// A runtime for one test, to be built outside the node namespace: tokio's
+/// first IO runtime makes a process-wide socket pair that would pin it.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Every event that arrives within `window` (bounded by it).
 async fn collect(events: &mut Events, window: Duration) -> Vec<Event> {
     let mut out = Vec::new();
@@ -53,12 +62,7 @@ fn a_change_inside_a_container_arrives_on_the_node_socket_tagged_with_its_nsid()
     let a = Container::new(&node.ns);
     let b = Container::new(&node.ns);
     let (sa, sb) = (spec(&a, "container-a", 1), spec(&b, "container-b", 2));
-    // The runtime is built outside the node namespace: tokio's first IO
-    // runtime makes a process-wide socket pair that would pin it.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let (na, nb, during, node_side) = node.ns.run(|| {
         rt.block_on(async {
             let dp = EndpointDataplane::new().unwrap();
@@ -157,10 +161,7 @@ fn events_tell_our_own_changes_and_unchanged_links_from_drift() {
     let a = Container::new(&node.ns);
     let sa = spec(&a, "container-a", 1);
     let host = host_ifname("container-a");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     node.ns.run(|| {
         rt.block_on(async {
             let dp = EndpointDataplane::new().unwrap();
@@ -226,10 +227,7 @@ fn our_own_changes_inside_a_container_and_the_kernels_routes_never_arrive() {
     let node = Node::new("evfilt", 1);
     let a = Container::new(&node.ns);
     let sa = spec(&a, "container-a", 1);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let (na, node_port, seen) = node.ns.run(|| {
         rt.block_on(async {
             let dp = EndpointDataplane::new().unwrap();
