@@ -2,7 +2,8 @@
 //! ([`Converge`]). From a process of its own ([`KickOrInline`]): ask the
 //! node's daemon (a kick), or, when no daemon runs, reconcile in this
 //! process under the node lock. Inside the daemon, the thread serving the
-//! request runs it, under the endpoint's key lock. Every way, the same [`reconcile_endpoint`] runs.
+//! request runs it, under the endpoint's key lock. Every way, the same
+//! [`reconcile_endpoint`] runs.
 
 use super::dataplane::Home;
 use super::kick::{kick, KickError};
