@@ -1,7 +1,9 @@
 //! The endpoint reconciler against the real kernel, inside test namespaces
 //! (TESTING.md): build, read back, ping, repair drift, remove.
 
-use reconcilers::endpoint::{host_ifname, EndpointDataplane, EndpointSpec};
+use reconcilers::endpoint::{
+    host_ifname, EndpointDataplane, EndpointSpec, HIGHEST_NSID, LOWEST_NSID,
+};
 use reconcilers::{NetnsRef, ROUTE_PROTOCOL};
 use std::net::{IpAddr, Ipv4Addr};
 use testsupport::{ping, require_root, Container, Node};
@@ -535,4 +537,61 @@ fn stray_links_go_in_one_batch_and_nothing_else_does() {
         .count();
     assert_eq!(in_group, 0, "{grouped}");
     assert!(ping(&node.ns, IpAddr::V4(specs[2].ipv4[0])));
+}
+
+/// The ids the node's namespace has given out, as `ip netns list-id` reads them.
+fn node_nsids(node: &Node) -> Vec<i64> {
+    let v = node.ns.ip_json(&["netns", "list-id"]);
+    let mut ids: Vec<i64> = v
+        .as_array()
+        .map(|a| a.iter().filter_map(|n| n["nsid"].as_i64()).collect())
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn new_containers_get_namespace_ids_downward_and_an_id_given_before_is_kept() {
+    if !require_root() {
+        return;
+    }
+    let node = Node::new("epnsid", 5);
+    let cs: Vec<Container> = (0..3).map(|_| Container::new(&node.ns)).collect();
+    // The third container's namespace already has an id, given by the
+    // kernel for someone else's veth into it (the lowest free one).
+    let pid = cs[2].pid().to_string();
+    node.ns.ip(&[
+        "link", "add", "nsidtmp0", "type", "veth", "peer", "name", "nsidtmp1", "netns", &pid,
+    ]);
+    let given = node.ns.ip_json(&["link", "show", "dev", "nsidtmp0"])[0]["link_netnsid"]
+        .as_i64()
+        .expect("the kernel gave the peer's namespace an id");
+    node.ns.ip(&["link", "del", "nsidtmp0"]);
+    let specs: Vec<EndpointSpec> = cs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| spec(c, &format!("nsid-{i}"), 20 + i as u8))
+        .collect();
+    let ids: Vec<i64> = in_node(&node, async |dp| {
+        let mut ids = vec![];
+        for s in &specs {
+            let ensured = dp.ensure(s, false).await.unwrap();
+            ids.push(i64::from(ensured.container_nsid.expect("an id")));
+        }
+        ids
+    });
+    let ours = i64::from(LOWEST_NSID)..=i64::from(HIGHEST_NSID);
+    assert!(ours.contains(&ids[0]) && ours.contains(&ids[1]), "{ids:?}");
+    assert!(
+        ids[1] < ids[0],
+        "the newer container has the lower id: {ids:?}"
+    );
+    assert_eq!(ids[2], given, "an id the namespace had is kept");
+    let listed = node_nsids(&node);
+    for id in &ids {
+        assert!(listed.contains(id), "the kernel lists {id}: {listed:?}");
+    }
+    // The pairs work with the ids we gave.
+    assert!(ping(&node.ns, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 20))));
+    assert!(ping(&node.ns, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 22))));
 }

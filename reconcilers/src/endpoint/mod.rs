@@ -9,6 +9,7 @@
 
 mod apply;
 mod model;
+mod nsid;
 pub(crate) mod observe;
 mod plan;
 #[cfg(test)]
@@ -17,6 +18,7 @@ mod unlink;
 
 pub use apply::ApplyError;
 pub use model::*;
+pub use nsid::{HIGHEST as HIGHEST_NSID, LOWEST as LOWEST_NSID};
 pub use observe::{LinkFacts, ObserveError};
 pub use plan::{host_side_matches, is_pair, plan, PlanError, MAIN_TABLE};
 
@@ -187,6 +189,8 @@ pub struct EndpointDataplane {
     visitor: std::sync::Mutex<Option<std::sync::Arc<NsVisitor>>>,
     /// The node's `/proc/sys/net/{ipv4,ipv6}/conf` directories.
     sysctls: NodeSysctls,
+    /// Hands new containers' namespaces their ids, downward.
+    nsids: nsid::NsidGiver,
 }
 
 struct ContainerConn {
@@ -216,6 +220,7 @@ impl EndpointDataplane {
             home,
             visitor: std::sync::Mutex::new(Some(std::sync::Arc::new(visitor))),
             sysctls,
+            nsids: nsid::NsidGiver::default(),
         })
     }
 
@@ -329,6 +334,10 @@ impl EndpointDataplane {
         };
         if dry_run || ensured.actions.is_empty() {
             return Ok(ensured);
+        }
+        if observed.container_nsid.is_none() {
+            // Before the pair: see `nsid` for why we choose the id.
+            self.nsids.give(&self.node, &c.ns).await;
         }
         let side = ContainerSide {
             handle: &c.conn,
