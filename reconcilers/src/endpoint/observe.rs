@@ -415,33 +415,34 @@ pub(crate) struct NodeSide {
 }
 
 /// Observes the node side: the host link, its IPv6 addresses and
-/// neighbour entries for the container's IPv6 addresses, the
-/// node's id for the container's namespace, and the routes that matter to
-/// this endpoint.
+/// neighbour entries for the container's IPv6 addresses, the node's id
+/// for the container's namespace (when the host link exists), and the
+/// routes that matter to this endpoint.
 pub(crate) async fn observe_node(
     node: &Conn,
     host_name: &str,
     container_ns: &File,
     spec: &EndpointSpec,
 ) -> Result<NodeSide, ObserveError> {
-    let (link, nsid) = futures::join!(
-        async {
-            let Some(l) = link_by_name(node, host_name, Side::Node).await? else {
-                return Ok((None, vec![], vec![]));
-            };
-            let (addrs, neighbours) = futures::join!(
-                host_addresses(node, l.index, host_name),
-                host_neighbours(node, l.index, spec)
-            );
-            let neighbours = neighbours.map_err(|source| ObserveError::HostNeighbours {
-                ifname: host_name.to_string(),
-                source,
-            })?;
-            Ok::<_, ObserveError>((Some(l), addrs?, neighbours))
-        },
-        nsid_of(node, container_ns, spec.netns.pid)
-    );
-    let ((link, addresses, neighbours), nsid) = (link?, nsid?);
+    // The namespace id only matters to a pair that exists (`is_pair`).
+    // Not asked otherwise: the kernel answers "none" for a namespace
+    // without one only after walking every id the node has given out.
+    let (link, addresses, neighbours, nsid) =
+        match link_by_name(node, host_name, Side::Node).await? {
+            None => (None, vec![], vec![], None),
+            Some(l) => {
+                let (addrs, neighbours, nsid) = futures::join!(
+                    host_addresses(node, l.index, host_name),
+                    host_neighbours(node, l.index, spec),
+                    nsid_of(node, container_ns, spec.netns.pid)
+                );
+                let neighbours = neighbours.map_err(|source| ObserveError::HostNeighbours {
+                    ifname: host_name.to_string(),
+                    source,
+                })?;
+                (Some(l), addrs?, neighbours, nsid?)
+            }
+        };
     let mut routes: Vec<HostRoute> = Vec::new();
     let lookups = futures::future::join_all(spec.addresses().map(|a| host_route_for(node, a)));
     for (r, addr) in lookups.await.into_iter().zip(spec.addresses()) {
