@@ -64,8 +64,18 @@ impl NsidGiver {
     /// could not be given one (then the kernel will, when the veth is made).
     pub async fn give(&self, node: &Conn, container_ns: &File) -> Option<i32> {
         if self.next.lock().expect("nsid lock").is_none() {
+            let started = std::time::Instant::now();
             let next = match taken_ids(node).await {
-                Ok(taken) => next_below(taken)?,
+                Ok(taken) => {
+                    let next = next_below(taken.iter().copied());
+                    tracing::debug!(
+                        taken = taken.len(),
+                        ?next,
+                        took_us = started.elapsed().as_micros() as u64,
+                        "learnt the next namespace id"
+                    );
+                    next?
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot list the node's namespace ids");
                     return None;
