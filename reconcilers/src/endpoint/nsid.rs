@@ -59,9 +59,10 @@ pub(crate) struct NsidGiver {
 }
 
 impl NsidGiver {
-    /// Gives `container_ns` (which has no id in the node's namespace yet)
-    /// the next id. Returns the id it has afterwards, or `None` when it
-    /// could not be given one (then the kernel will, when the veth is made).
+    /// Gives `container_ns` the next id, unless it has one in the node's
+    /// namespace already (then that one stays). Returns the id it has
+    /// afterwards, or `None` when it could not be given one (then the
+    /// kernel gives one when the veth is made).
     pub async fn give(&self, node: &Conn, container_ns: &File) -> Option<i32> {
         if self.next.lock().expect("nsid lock").is_none() {
             let started = std::time::Instant::now();
