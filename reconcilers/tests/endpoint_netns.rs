@@ -45,10 +45,10 @@ fn our_routes(node: &Node) -> Vec<String> {
     out
 }
 
-/// The host's IPv6 neighbour entries on `dev` in the node, as `address
-/// lladdr state...`.
-fn host_ipv6_neighbours(node: &Node, dev: &str) -> Vec<String> {
-    let v = node.ns.ip_json(&["-6", "neigh", "show", "dev", dev]);
+/// The host's neighbour entries (IPv4 and IPv6) on `dev` in the node, as
+/// `address lladdr state...`.
+fn host_neighbours(node: &Node, dev: &str) -> Vec<String> {
+    let v = node.ns.ip_json(&["neigh", "show", "dev", dev]);
     let mut out: Vec<String> = v
         .as_array()
         .unwrap()
@@ -168,12 +168,19 @@ fn builds_pings_repairs_and_removes() {
     );
     assert_eq!(first.container_mac.as_deref(), Some(mac_a.as_str()));
     assert_eq!(
-        host_ipv6_neighbours(&node, &ha),
-        vec![format!("2001:db8:1::1 lladdr {mac_a} PERMANENT")]
+        host_neighbours(&node, &ha),
+        vec![
+            format!("198.18.0.1 lladdr {mac_a} PERMANENT"),
+            format!("2001:db8:1::1 lladdr {mac_a} PERMANENT")
+        ]
     );
+    let mac_b = eth0_mac(&b);
     assert_eq!(
-        host_ipv6_neighbours(&node, &hb),
-        vec![format!("2001:db8:1::2 lladdr {} PERMANENT", eth0_mac(&b))]
+        host_neighbours(&node, &hb),
+        vec![
+            format!("198.18.0.2 lladdr {mac_b} PERMANENT"),
+            format!("2001:db8:1::2 lladdr {mac_b} PERMANENT")
+        ]
     );
     let per_veth: Vec<String> = [&ha, &hb]
         .iter()
@@ -319,19 +326,23 @@ fn builds_pings_repairs_and_removes() {
             Vec::<String>::new(),
             "{what}"
         );
+        let mac = eth0_mac(&a);
         assert_eq!(
-            host_ipv6_neighbours(&node, &ha),
-            vec![format!("2001:db8:1::1 lladdr {} PERMANENT", eth0_mac(&a))],
+            host_neighbours(&node, &ha),
+            vec![
+                format!("198.18.0.1 lladdr {mac} PERMANENT"),
+                format!("2001:db8:1::1 lladdr {mac} PERMANENT")
+            ],
             "{what}"
         );
         let link = &node.ns.ip_json(&["-d", "link", "show", &ha])[0];
         assert_eq!(link["ifalias"], reconcilers::OWNER_ALIAS, "{what}");
     }
 
-    // eth0 given another MAC: the host's IPv6 entry follows it (and the
+    // eth0 given another MAC: the host's entries follow it (and the
     // container's gateway entries, which the kernel flushes with any MAC
-    // change, come back). IPv4 is the kernel's own ARP: its cached entry
-    // for the old MAC recovers by itself, in seconds, so it is not pinged.
+    // change, come back). The node has talked to a over IPv4 before: an ARP
+    // entry it had learnt would still name the old MAC for half a minute.
     a.exec_ok(&["ip", "link", "set", "eth0", "address", "02:00:00:00:00:77"]);
     let repaired = in_node(&node, async |dp| dp.ensure(&sa, false).await.unwrap());
     use reconcilers::endpoint::{Action, ContainerNeighbour, HostNeighbour};
@@ -343,16 +354,28 @@ fn builds_pings_repairs_and_removes() {
             Action::ReplaceHostNeighbour {
                 host: ha.clone(),
                 neighbour: HostNeighbour {
-                    addr: sa.ipv6[0],
+                    addr: a4,
+                    lladdr: vec![2, 0, 0, 0, 0, 0x77],
+                },
+            },
+            Action::ReplaceHostNeighbour {
+                host: ha.clone(),
+                neighbour: HostNeighbour {
+                    addr: a6,
                     lladdr: vec![2, 0, 0, 0, 0, 0x77],
                 },
             }
         ]
     );
     assert_eq!(
-        host_ipv6_neighbours(&node, &ha),
-        vec!["2001:db8:1::1 lladdr 02:00:00:00:00:77 PERMANENT".to_string()]
+        host_neighbours(&node, &ha),
+        vec![
+            "198.18.0.1 lladdr 02:00:00:00:00:77 PERMANENT".to_string(),
+            "2001:db8:1::1 lladdr 02:00:00:00:00:77 PERMANENT".to_string()
+        ]
     );
+    assert!(ping(&node.ns, a4), "IPv4 to the new MAC");
+    assert!(ping(&b, a4), "IPv4 from a neighbour to the new MAC");
     assert!(ping(&node.ns, a6), "IPv6 to the new MAC");
     assert!(ping(&b, a6), "IPv6 from a neighbour to the new MAC");
 

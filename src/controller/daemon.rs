@@ -1090,8 +1090,7 @@ enum NodeEvent {
 
 /// Whose is a kernel event in the node's namespace: the endpoint whose
 /// host link it is about, or that holds the address of a host route or of
-/// an IPv6 neighbour entry (ours, on its host link). IPv4 neighbour
-/// entries are the kernel's own (ARP on the host veths): nobody's.
+/// a neighbour entry (ours: a permanent one on its host link).
 fn node_event_owner(shared: &Shared, event: &KernelEvent) -> NodeEvent {
     match event {
         KernelEvent::Link { facts, deleted } if facts.name.starts_with(HOST_IFNAME_PREFIX) => {
@@ -1113,7 +1112,7 @@ fn node_event_owner(shared: &Shared, event: &KernelEvent) -> NodeEvent {
             .owner_of_addr(dst)
             .map_or(NodeEvent::Nobody, NodeEvent::Owner),
         KernelEvent::Neighbour {
-            address: Some(address @ IpAddr::V6(_)),
+            address: Some(address),
             ..
         } => shared
             .index

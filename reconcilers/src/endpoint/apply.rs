@@ -455,7 +455,7 @@ impl<'a> Applier<'a> {
             }
             Action::ReplaceHostNeighbour { host, neighbour } => {
                 let index = self.index_of(Side::Node, host, a).await?;
-                let m = permanent_neighbour(index, IpAddr::V6(neighbour.addr), &neighbour.lladdr);
+                let m = permanent_neighbour(index, neighbour.addr, &neighbour.lladdr);
                 self.send(self.node, a, RouteNetlinkMessage::NewNeighbour(m), REPLACE)
                     .await
             }

@@ -154,8 +154,8 @@ pub struct Inventory {
     pub routes: Vec<HostRoute>,
     /// (destination, output interface) of those that are host routes.
     host_routes: std::collections::HashSet<(std::net::IpAddr, u32)>,
-    /// (address, interface) of the node's permanent IPv6 neighbour entries.
-    neighbours: std::collections::HashSet<(std::net::Ipv6Addr, u32)>,
+    /// (address, interface) of the node's permanent neighbour entries.
+    neighbours: std::collections::HashSet<(std::net::IpAddr, u32)>,
 }
 
 impl Inventory {
@@ -164,9 +164,9 @@ impl Inventory {
         self.host_routes.contains(&(dst, oif))
     }
 
-    /// True when interface `index` has a permanent IPv6 neighbour entry
-    /// for `addr`.
-    pub fn has_neighbour(&self, addr: std::net::Ipv6Addr, index: u32) -> bool {
+    /// True when interface `index` has a permanent neighbour entry for
+    /// `addr`.
+    pub fn has_neighbour(&self, addr: std::net::IpAddr, index: u32) -> bool {
         self.neighbours.contains(&(addr, index))
     }
 }
@@ -494,7 +494,7 @@ impl EndpointDataplane {
     }
 
     /// Everything on the node that looks like ours (one link dump, one
-    /// route dump per family, one IPv6 neighbour dump): for the resync.
+    /// route dump and one neighbour dump per family): for the resync.
     pub async fn inventory(&self) -> Result<Inventory, EndpointError> {
         let h = &self.node;
         // Veths only, without counters: the kernel filters by kind.
@@ -546,7 +546,7 @@ impl EndpointDataplane {
             .filter(|r| r.prefix_len == full_prefix(r.dst))
             .filter_map(|r| Some((r.dst, r.oif?)))
             .collect();
-        inv.neighbours = observe::permanent_ipv6_neighbours(h)
+        inv.neighbours = observe::permanent_neighbours(h)
             .await?
             .into_iter()
             .collect();

@@ -138,12 +138,15 @@ pub struct HostAddress {
     pub prefix_len: u8,
 }
 
-/// A permanent IPv6 neighbour entry on the host link: how the host side,
-/// which has no IPv6 address to solicit from, reaches a container address.
+/// A permanent neighbour entry on the host link for one container address,
+/// to `eth0`'s MAC. IPv6: how the host side, which has no IPv6 address to
+/// solicit from, reaches the container at all. IPv4: so that the node
+/// never relies on an ARP entry it learnt, which would keep an old MAC
+/// for half a minute after `eth0`'s changed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostNeighbour {
     /// The container's address.
-    pub addr: Ipv6Addr,
+    pub addr: IpAddr,
     /// The MAC it resolves to (the container's `eth0`).
     pub lladdr: Vec<u8>,
 }

@@ -564,28 +564,26 @@ async fn permanent_neighbour_of(
         .find(|n| n.index == index && n.ip == ip))
 }
 
-/// Every permanent IPv6 neighbour entry of the namespace `h` is in, as
-/// (address, interface): one dump, for the resync's inventory.
-pub(crate) async fn permanent_ipv6_neighbours(h: &Conn) -> Result<Vec<(Ipv6Addr, u32)>, NlError> {
-    let mut msg = NeighbourMessage::default();
-    msg.header.family = AddressFamily::Inet6;
-    let answers = request(
-        h,
-        RouteNetlinkMessage::GetNeighbour(msg),
-        NLM_F_REQUEST | NLM_F_DUMP,
-    )
-    .await?;
-    Ok(answers
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewNeighbour(n) => permanent_neighbour(n),
+/// Every permanent IPv4 and IPv6 neighbour entry of the namespace `h` is
+/// in, as (address, interface): one dump per family, for the resync's
+/// inventory.
+pub(crate) async fn permanent_neighbours(h: &Conn) -> Result<Vec<(IpAddr, u32)>, NlError> {
+    let mut out = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family;
+        let answers = request(
+            h,
+            RouteNetlinkMessage::GetNeighbour(msg),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )
+        .await?;
+        out.extend(answers.iter().filter_map(|m| match m {
+            RouteNetlinkMessage::NewNeighbour(n) => permanent_neighbour(n).map(|n| (n.ip, n.index)),
             _ => None,
-        })
-        .filter_map(|n| match n.ip {
-            IpAddr::V6(a) => Some((a, n.index)),
-            IpAddr::V4(_) => None,
-        })
-        .collect())
+        }));
+    }
+    Ok(out)
 }
 
 async fn container_neighbours(h: &Conn, eth0: u32) -> Result<Vec<ContainerNeighbour>, NlError> {
@@ -600,25 +598,19 @@ async fn container_neighbours(h: &Conn, eth0: u32) -> Result<Vec<ContainerNeighb
 }
 
 /// The host's permanent neighbour entries on host link `index` for the
-/// container's IPv6 addresses (one get each).
+/// container's addresses (one get each).
 async fn host_neighbours(
     node: &Conn,
     index: u32,
     spec: &EndpointSpec,
 ) -> Result<Vec<HostNeighbour>, NlError> {
     let gets = spec
-        .ipv6
-        .iter()
-        .map(|a| permanent_neighbour_of(node, index, IpAddr::V6(*a)));
+        .addresses()
+        .map(|a| permanent_neighbour_of(node, index, a));
     let mut out = Vec::new();
     for found in futures::future::join_all(gets).await {
-        if let Some(PermanentNeighbour {
-            ip: IpAddr::V6(addr),
-            lladdr,
-            ..
-        }) = found?
-        {
-            out.push(HostNeighbour { addr, lladdr });
+        if let Some(PermanentNeighbour { ip, lladdr, .. }) = found? {
+            out.push(HostNeighbour { addr: ip, lladdr });
         }
     }
     Ok(out)

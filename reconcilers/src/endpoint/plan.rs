@@ -5,7 +5,7 @@ use super::host_ifname;
 use super::model::*;
 use crate::ROUTE_PROTOCOL;
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 /// The main routing table.
 pub const MAIN_TABLE: u32 = 254;
@@ -274,12 +274,12 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
         }
     }
 
-    // Host neighbours: one permanent entry per IPv6 address, to eth0's MAC,
+    // Host neighbours: one permanent entry per address, to eth0's MAC,
     // before the route that sends traffic their way.
     if let Some(mac) = &eth0_now.mac {
-        for addr in &spec.ipv6 {
+        for addr in spec.addresses() {
             let want = HostNeighbour {
-                addr: *addr,
+                addr,
                 lladdr: mac.clone(),
             };
             if kept_index.is_none() || !obs.host_neighbours.contains(&want) {
@@ -348,15 +348,15 @@ pub fn plan(spec: &EndpointSpec, obs: &Observed) -> Result<Vec<Action>, PlanErro
 
 /// True when the node side of an endpoint is as `spec` wants it, judged
 /// from a node-wide inventory: its host veth (MAC, up, sysctls), a route
-/// of ours through it for every address and a permanent neighbour entry on
-/// it for every IPv6 address (whose MAC is not judged: the inventory does
-/// not know the container's). The container side is not seen
+/// of ours through it and a permanent neighbour entry on it for every
+/// address (whose MAC is not judged: the inventory does not know the
+/// container's). The container side is not seen
 /// here. Pure: the resync uses it to find drift that made no event.
 pub fn host_side_matches(
     spec: &EndpointSpec,
     link: Option<&HostLink>,
     has_route: impl Fn(IpAddr, u32) -> bool,
-    has_neighbour: impl Fn(Ipv6Addr, u32) -> bool,
+    has_neighbour: impl Fn(IpAddr, u32) -> bool,
     force_forwarding: bool,
 ) -> bool {
     let Some(link) = link else {
@@ -370,7 +370,7 @@ pub fn host_side_matches(
             .iter()
             .all(|(sysctl, value)| link.sysctls.get(sysctl) == Some(value))
         && spec.addresses().all(|a| has_route(a, link.index))
-        && spec.ipv6.iter().all(|a| has_neighbour(*a, link.index))
+        && spec.addresses().all(|a| has_neighbour(a, link.index))
 }
 
 #[cfg(test)]
@@ -410,8 +410,7 @@ mod host_side_tests {
     fn node_side_drift_is_seen_in_an_inventory() {
         let s = spec();
         let route = |dst: IpAddr, oif: u32| dst == IpAddr::V4(s.ipv4[0]) && oif == 7;
-        // (the spec has no IPv6 address: no neighbour entry is asked about)
-        let any_neighbour = |_: Ipv6Addr, _: u32| true;
+        let any_neighbour = |_: IpAddr, _: u32| true;
         assert!(host_side_matches(
             &s,
             Some(&good_link()),
@@ -466,13 +465,31 @@ mod host_side_tests {
         let mut s6 = spec();
         s6.ipv6 = vec!["2001:db8::1".parse().unwrap()];
         let route6 = |_: IpAddr, oif: u32| oif == 7;
-        let neigh = |a: Ipv6Addr, oif: u32| a == s6.ipv6[0] && oif == 7;
+        let neigh = |a: IpAddr, oif: u32| {
+            (a == IpAddr::V6(s6.ipv6[0]) || a == IpAddr::V4(s6.ipv4[0])) && oif == 7
+        };
         let mut l = good_link();
         l.sysctls.insert(Sysctl::Ipv6Forwarding, 1);
         assert!(host_side_matches(&s6, Some(&l), route6, neigh, false));
         assert!(
-            !host_side_matches(&s6, Some(&l), route6, |_, _| false, false),
+            !host_side_matches(
+                &s6,
+                Some(&l),
+                route6,
+                |a, oif| a.is_ipv4() && neigh(a, oif),
+                false
+            ),
             "the host's neighbour entry for the container's IPv6 address is gone"
+        );
+        assert!(
+            !host_side_matches(
+                &s6,
+                Some(&l),
+                route6,
+                |a, oif| a.is_ipv6() && neigh(a, oif),
+                false
+            ),
+            "the host's neighbour entry for the container's IPv4 address is gone"
         );
     }
 }
