@@ -8,14 +8,11 @@
 //! and a name lookup per interface with a global address, in the calling
 //! thread's network namespace. This module reads only; it changes nothing.
 
-use crate::nl::{dump_addresses, own_address, request, Conn, NlError};
+use crate::nl::{dump_addresses, own_address, Conn, NlError};
 use crate::HOST_IFNAME_PREFIX;
-use netlink_packet_core::NLM_F_REQUEST;
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkMessage};
-use netlink_packet_route::RouteNetlinkMessage;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -77,33 +74,14 @@ pub async fn list_addresses() -> Result<Vec<NodeAddress>, NlError> {
     let mut names: BTreeMap<u32, Option<String>> = BTreeMap::new();
     for a in addresses.iter().filter(|a| a.global) {
         if let std::collections::btree_map::Entry::Vacant(e) = names.entry(a.ifindex) {
-            e.insert(link_name(&conn, a.ifindex).await?);
+            let link = crate::endpoint::observe::link_by_index(&conn, a.ifindex).await?;
+            e.insert(link.map(|l| l.name));
         }
     }
     for a in &mut addresses {
         a.ifname = names.get(&a.ifindex).cloned().flatten();
     }
     Ok(addresses)
-}
-
-/// The name of link `index` (`None`: it is gone).
-async fn link_name(conn: &Conn, index: u32) -> Result<Option<String>, NlError> {
-    let mut msg = LinkMessage::default();
-    msg.header.index = index;
-    msg.attributes
-        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-    let answers = match request(conn, RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST).await {
-        Ok(answers) => answers,
-        Err(e) if e.errno() == Some(libc::ENODEV) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    Ok(answers.into_iter().find_map(|m| match m {
-        RouteNetlinkMessage::NewLink(l) => l.attributes.into_iter().find_map(|a| match a {
-            LinkAttribute::IfName(name) => Some(name),
-            _ => None,
-        }),
-        _ => None,
-    }))
 }
 
 /// The node's addresses by [`select_addresses`], read from the calling

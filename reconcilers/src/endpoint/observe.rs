@@ -190,6 +190,21 @@ pub(crate) fn link_facts(msg: &LinkMessage) -> LinkFacts {
     f
 }
 
+/// Looks a link up by index (one request, no dump). `None`: no such link.
+pub(crate) async fn link_by_index(h: &Conn, index: u32) -> Result<Option<LinkFacts>, NlError> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(skip_stats());
+    match request(h, RouteNetlinkMessage::GetLink(msg), NLM_F_REQUEST).await {
+        Ok(answers) => Ok(answers.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(link_facts(l)),
+            _ => None,
+        })),
+        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Looks a link up by name (one request, no dump). `None`: no such link.
 pub(crate) async fn link_by_name(
     h: &Conn,
@@ -415,7 +430,7 @@ pub(crate) struct NodeSide {
 }
 
 /// Observes the node side: the host link, its IPv6 addresses and
-/// neighbour entries for the container's IPv6 addresses, the node's id
+/// neighbour entries for the container's addresses, the node's id
 /// for the container's namespace (when the host link exists), and the
 /// routes that matter to this endpoint.
 pub(crate) async fn observe_node(

@@ -14,7 +14,7 @@
 //! request's answer comes (an error is reported as such).
 
 use crate::netns::{spawn_in, NetnsError};
-use crate::nl::{new_socket, request, Conn, NlError};
+use crate::nl::{new_socket, Conn, NlError};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
 use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::RouteNetlinkMessage;
@@ -64,14 +64,7 @@ pub(crate) async fn delete_link(node: &Conn, home: &File, index: u32) -> Result<
 
 /// True while the namespace of `node` has a link with this index.
 async fn link_exists(node: &Conn, index: u32) -> Result<bool, NlError> {
-    let mut m = LinkMessage::default();
-    m.header.index = index;
-    m.attributes.push(super::observe::skip_stats());
-    match request(node, RouteNetlinkMessage::GetLink(m), NLM_F_REQUEST).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
-        Err(e) => Err(e),
-    }
+    Ok(super::observe::link_by_index(node, index).await?.is_some())
 }
 
 /// Sends the delete from a new thread in `home`; the receiver gets the
