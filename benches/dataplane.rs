@@ -34,8 +34,12 @@
 //! `peer` (CNI ADD and DEL), `inline` (isolate with no daemon), `floor`,
 //! `open` (isolate with the daemon, policy disabled), `daemon` (isolate
 //! with the daemon, policy enforced), and on that node afterwards
-//! `cleanup`, `repair`, `resync`, `rebuild` (each implies `daemon`). The
-//! rows of phases not run show "—". `DATAPLANE_DAEMON_LOG=PATH` appends
+//! `cleanup`, `repair`, `resync`, `rebuild` (each implies `daemon`), and
+//! `again`: more fills of a node with the daemon, each from 0 to 1,000 and
+//! torn down (`DATAPLANE_AGAIN`, default 2), to give the growth of each
+//! beside the main fill's (a slow stretch of the VM during one fill's
+//! first or last 50 moves that fill's growth alone). The rows of phases
+//! not run show "—". `DATAPLANE_DAEMON_LOG=PATH` appends
 //! the daemons' (and the rebuild's) logs, at debug level (the stages of each isolate, with
 //! their times) or `DATAPLANE_DAEMON_LOG_LEVEL`, to PATH. For the isolate
 //! target alone:
@@ -458,8 +462,9 @@ fn fill_floor(tag: &str, n: usize, removed: usize) -> (Node, Vec<Container>, Flo
 struct Phases(Vec<String>);
 
 impl Phases {
-    const ALL: [&'static str; 9] = [
-        "peer", "inline", "floor", "open", "daemon", "cleanup", "repair", "resync", "rebuild",
+    const ALL: [&'static str; 10] = [
+        "peer", "inline", "floor", "open", "again", "daemon", "cleanup", "repair", "resync",
+        "rebuild",
     ];
 
     fn from_env() -> Phases {
@@ -480,7 +485,7 @@ impl Phases {
             })
             .collect();
         // The phases after the fill run on the daemon's node.
-        if phases.iter().any(|p| Self::ALL[5..].contains(&p.as_str())) {
+        if phases.iter().any(|p| Self::ALL[6..].contains(&p.as_str())) {
             phases.push("daemon".into());
         }
         Phases(phases)
@@ -489,6 +494,14 @@ impl Phases {
     fn has(&self, phase: &str) -> bool {
         self.0.iter().any(|p| p == phase)
     }
+}
+
+/// How many more fills the `again` phase makes (`DATAPLANE_AGAIN`).
+fn again_passes() -> usize {
+    std::env::var("DATAPLANE_AGAIN").map_or(2, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("DATAPLANE_AGAIN={v:?} is not a count"))
+    })
 }
 
 /// `f` of a phase's samples, or "—" when the phase did not run.
@@ -565,6 +578,21 @@ fn main() {
         teardown(open.node, open.containers, |(c, _, _)| c.pid());
         open_times
     });
+
+    // More fills with the daemon, each torn down: their growth only.
+    let again_times: Vec<Vec<Duration>> = if phases.has("again") {
+        let passes = if quick { 1 } else { again_passes() };
+        (0..passes)
+            .map(|i| {
+                let (fleet, t, daemon) = fill(&format!("bagain{i}"), n, true, "enforce");
+                drop(daemon);
+                teardown(fleet.node, fleet.containers, |(c, _, _)| c.pid());
+                t
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     // Isolate with the daemon; that node then serves the other measures.
     let filled = phases
@@ -647,6 +675,22 @@ fn main() {
         growth(&inline_times),
         growth(&cni_times)
     );
+    if !again_times.is_empty() {
+        let each: Vec<String> = again_times
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}; {}",
+                    growth(&Some(t.clone())),
+                    ms(window(t, at(1000), w))
+                )
+            })
+            .collect();
+        println!(
+            "| isolate growth with the daemon in the `again` fills (each: growth; isolate median at 1,000) | {} | — | ≤ 1.2× |",
+            each.join("; ")
+        );
+    }
     if let Some(removals) = &floor_removals {
         println!(
             "| floor: removal by one long-lived process (done once the link is gone), median at 1,000 | {} | — | — |",
