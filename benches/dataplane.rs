@@ -680,15 +680,15 @@ fn main() {
             .iter()
             .map(|t| {
                 format!(
-                    "{}; {}",
+                    "{} ({})",
                     growth(&Some(t.clone())),
                     ms(window(t, at(1000), w))
                 )
             })
             .collect();
         println!(
-            "| isolate growth with the daemon in the `again` fills (each: growth; isolate median at 1,000) | {} | — | ≤ 1.2× |",
-            each.join("; ")
+            "| isolate growth with the daemon in the `again` fills, each: growth (isolate median at 1,000) | {} | — | ≤ 1.2× |",
+            each.join(", ")
         );
     }
     if let Some(removals) = &floor_removals {
