@@ -2,15 +2,16 @@
 //! (TESTING.md): apply and read back, real pings that follow the profile
 //! matrix in both families, anti-spoofing, drift repaired after nft events
 //! from someone else, membership changes as element updates, endpoints
-//! sharing their profile list's chains, and a timing printout at 1,000
-//! endpoints.
+//! sharing their profile list's chains, the memo of a short-lived process
+//! trusted only at the generation it was written at, and a timing printout
+//! at 1,000 endpoints.
 
 use reconcilers::endpoint::{host_ifname, EndpointDataplane, EndpointSpec};
 use reconcilers::policy::{
     ep_in_chain, ep_out_chain, parse_listing, plan, profile_list_id, render, to_nft,
-    EndpointPolicy, LibNft, Members, NftBackend, NftBackendKind, NftEvent, NftEvents, NftOptions,
-    PolicyAction, PolicyDataplane, PolicySpec, ProfileRules, Rule, SpecChange, FROM_LIST,
-    LIBNFTABLES, NFT_TIMEOUT, TO_LIST,
+    EndpointPolicy, LibNft, Members, Memo, NftBackend, NftBackendKind, NftEvent, NftEvents,
+    NftOptions, PolicyAction, PolicyDataplane, PolicySpec, ProfileRules, Rule, SpecChange,
+    FROM_ENDPOINT, FROM_LIST, LIBNFTABLES, NFT_TIMEOUT, TABLE, TO_LIST,
 };
 use reconcilers::NetnsRef;
 use std::collections::BTreeMap;
@@ -1240,4 +1241,81 @@ fn updates_apply_what_changed_and_recover_from_a_refused_transaction() {
         |i, j| i != 1 && j != 1 && !(i == 2 && j == 0),
         "z left a",
     );
+}
+
+/// A dataplane as a one-request process makes it: libnftables, and the
+/// memo at `path`, opened in `h`'s node namespace.
+fn with_memo(h: &Harness, path: &std::path::Path) -> PolicyDataplane {
+    h.node
+        .ns
+        .run(|| PolicyDataplane::new().with_memo(Memo::open(path).unwrap()))
+}
+
+/// `dp.ensure(spec)` on a thread inside `h`'s node namespace.
+fn ensure_with(h: &Harness, dp: &PolicyDataplane, spec: &PolicySpec) -> Vec<PolicyAction> {
+    let rt = &h.rt;
+    h.node
+        .ns
+        .run(move || rt.block_on(dp.ensure(spec, false)))
+        .unwrap()
+}
+
+#[test]
+fn a_memo_is_trusted_only_at_the_generation_it_was_written_at() {
+    if !require_root() {
+        return;
+    }
+    let h = Harness::new("polmemo", 14);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy-memo.json");
+    let first = big_spec(&h.node, 6, 2);
+    let mut second = first.clone();
+    add_big_endpoint(&mut second, "memo-a", 1, vec!["ng0".into()]);
+
+    // A first process applies and writes down what it applied.
+    let one = with_memo(&h, &path);
+    assert_eq!(ensure_with(&h, &one, &first)[0], PolicyAction::CreateTable);
+    h.assert_kernel_is(&first);
+    assert!(path.exists(), "no memo written");
+    drop(one);
+
+    // The next one plans against the memo: only the new endpoint.
+    let two = with_memo(&h, &path);
+    let actions = ensure_with(&h, &two, &second);
+    assert!(
+        !actions.is_empty() && !actions.contains(&PolicyAction::CreateTable),
+        "{actions:?}"
+    );
+    h.assert_kernel_is(&second);
+    drop(two);
+
+    // A memo written at the current generation is trusted without a look
+    // at the table: one that claims a third endpoint is believed.
+    let mut claimed = second.clone();
+    add_big_endpoint(&mut claimed, "memo-b", 2, vec!["ng1".into()]);
+    h.node.ns.run(|| {
+        let memo = Memo::open(&path).unwrap();
+        memo.remember(&memo.stamp().unwrap(), &claimed).unwrap();
+    });
+    let liar = with_memo(&h, &path);
+    assert_eq!(ensure_with(&h, &liar, &claimed), vec![]);
+    drop(liar);
+    let observed = h.block(async |dp| dp.observe().await.unwrap());
+    assert_eq!(observed, Some(render(&second).unwrap()));
+
+    // Anyone's commit moves the generation: the memo is passed over, the
+    // table read, and the third endpoint really added.
+    h.nft(&["add", "table", "inet", "memo-test"]);
+    let three = with_memo(&h, &path);
+    let actions = ensure_with(&h, &three, &claimed);
+    assert!(!actions.is_empty(), "the stale memo was trusted");
+    h.assert_kernel_is(&claimed);
+    drop(three);
+    h.nft(&["delete", "table", "inet", "memo-test"]);
+
+    // The same holds across a commit of our own table by someone else.
+    h.nft(&["flush", "chain", "inet", TABLE, FROM_ENDPOINT]);
+    let four = with_memo(&h, &path);
+    assert!(!ensure_with(&h, &four, &claimed).is_empty());
+    h.assert_kernel_is(&claimed);
 }

@@ -17,7 +17,7 @@ use crate::store::{keys, Store, Versioned};
 use anyhow::Context as _;
 use reconcilers::endpoint::{host_ifname, Action, EndpointError, EndpointSpec, Inventory};
 use reconcilers::fabric::{FabricAction, FabricDataplane};
-use reconcilers::policy::{PolicyAction, PolicyDataplane, PolicySpec, SpecChange};
+use reconcilers::policy::{Memo, PolicyAction, PolicyDataplane, PolicySpec, SpecChange};
 use reconcilers::NetnsRef;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -75,7 +75,7 @@ impl NodeContext {
         let policy = match config.policy {
             PolicyMode::Enforce => {
                 profiles::ensure_host_profile(store.as_ref(), &config.nodename, &node_addresses)?;
-                Some(PolicyDataplane::new())
+                Some(policy_dataplane(config, home))
             }
             PolicyMode::Disabled => {
                 if PolicyDataplane::new().remove().await? {
@@ -111,6 +111,27 @@ impl NodeContext {
         })
     }
 }
+
+/// The node's policy dataplane. A process that lives for one request
+/// (the plugin reconciling inline) keeps a memo of what it applied in
+/// `run_dir`, so that the next one need not read the whole table back
+/// (see [`Memo`]); the daemon keeps what it applied in memory.
+fn policy_dataplane(config: &Config, home: Home) -> PolicyDataplane {
+    let dataplane = PolicyDataplane::new();
+    if home != Home::Here {
+        return dataplane;
+    }
+    match Memo::open(&config.run_dir.join(POLICY_MEMO)) {
+        Ok(memo) => dataplane.with_memo(memo),
+        Err(e) => {
+            tracing::debug!(error = %e, "no policy memo");
+            dataplane
+        }
+    }
+}
+
+/// The policy memo's file in `run_dir`.
+pub const POLICY_MEMO: &str = "policy-memo.json";
 
 /// Brings the node's policy table up to date with the store: every
 /// endpoint of this node not being deleted, the profiles they name, and

@@ -10,11 +10,12 @@
 use super::backend::{NftBackend, NftBackendKind, NftOptions};
 use super::change::SpecChange;
 use super::incremental::{RenderedPolicy, Update};
+use super::memo::{Memo, Stamp};
 use super::model::PolicySpec;
 use super::nft::{delete_table, to_nft};
 use super::observe::{is_missing_table, parse_listing, ObserveError};
 use super::plan::{plan, PolicyAction};
-use super::render::RenderError;
+use super::render::{render, RenderError};
 use super::ruleset::{Ruleset, TABLE};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -110,6 +111,17 @@ struct State {
     desired: Option<RenderedPolicy>,
     /// The kernel's table.
     known: Known,
+    /// With a [`Memo`]: when `known` was last established (read,
+    /// recalled, or applied by us); `None` when unsure.
+    known_at: Option<KnownAt>,
+}
+
+/// The namespace's stamp when what we know of the table was established.
+#[derive(Debug)]
+struct KnownAt {
+    stamp: Stamp,
+    /// The memo already says so (it was recalled, or written by us).
+    in_memo: bool,
 }
 
 /// The policy reconciler of one node, bound to the network namespace of
@@ -129,6 +141,8 @@ pub struct PolicyDataplane {
     state: tokio::sync::Mutex<State>,
     /// Set by [`forget`](Self::forget): the next call reads the kernel.
     stale: AtomicBool,
+    /// Where a short-lived process finds what the last one applied.
+    memo: Option<Memo>,
 }
 
 impl Default for PolicyDataplane {
@@ -154,9 +168,21 @@ impl PolicyDataplane {
             state: tokio::sync::Mutex::new(State {
                 desired: None,
                 known: Known::Unknown,
+                known_at: None,
             }),
             stale: AtomicBool::new(false),
+            memo: None,
         }
+    }
+
+    /// This dataplane with `memo`: [`ensure`](Self::ensure) trusts what it
+    /// recalls instead of reading the table when the namespace's stamp is
+    /// the one it was written at, and writes down what it applied when it
+    /// can prove the table holds it. For processes that live for one
+    /// request; see [`Memo`].
+    pub fn with_memo(mut self, memo: Memo) -> PolicyDataplane {
+        self.memo = Some(memo);
+        self
     }
 
     /// Which way this dataplane reaches nftables.
@@ -217,6 +243,7 @@ impl PolicyDataplane {
     async fn current<'k>(
         &self,
         known: &'k mut Known,
+        known_at: &mut Option<KnownAt>,
         previous: Option<&'k Ruleset>,
     ) -> Result<Option<&'k Ruleset>, PolicyError> {
         if self.stale.swap(false, Ordering::SeqCst)
@@ -225,15 +252,89 @@ impl PolicyDataplane {
             *known = Known::Unknown;
         }
         if matches!(known, Known::Unknown) {
-            *known = match self.observe().await? {
-                Some(r) => Known::Present(r),
-                None => Known::Absent,
-            };
+            *known = self.learn(known_at).await?;
         }
         Ok(match known {
             Known::Present(r) => Some(r),
             Known::Desired => previous,
             Known::Absent | Known::Unknown => None,
+        })
+    }
+
+    /// What the kernel's table is: recalled from the memo when its stamp
+    /// is the namespace's now, else read (and with a memo, `known_at` is
+    /// the stamp the read was made at, if nobody committed during it).
+    async fn learn(&self, known_at: &mut Option<KnownAt>) -> Result<Known, PolicyError> {
+        *known_at = None;
+        let before = self.memo.as_ref().and_then(|memo| {
+            memo.stamp()
+                .inspect_err(|e| tracing::debug!(error = %e, "no nftables generation: no memo"))
+                .ok()
+        });
+        if let (Some(memo), Some(now)) = (&self.memo, &before) {
+            if let Some(ruleset) = memo.recall(now).and_then(|spec| render(&spec).ok()) {
+                tracing::debug!(
+                    generation = now.generation,
+                    "policy table recalled from the memo"
+                );
+                *known_at = before.map(|stamp| KnownAt {
+                    stamp,
+                    in_memo: true,
+                });
+                return Ok(Known::Present(ruleset));
+            }
+        }
+        let observed = self.observe().await?;
+        if let (Some(memo), Some(before)) = (&self.memo, before) {
+            *known_at = memo
+                .stamp()
+                .ok()
+                .filter(|after| *after == before)
+                .map(|stamp| KnownAt {
+                    stamp,
+                    in_memo: false,
+                });
+        }
+        Ok(match observed {
+            Some(r) => Known::Present(r),
+            None => Known::Absent,
+        })
+    }
+
+    /// With a memo, after `ensure` applied `actions` (planned against what
+    /// was known at `basis`): writes down that the table holds `spec` when
+    /// the generation shows that nobody else committed since `basis`, it
+    /// moved by one for our transaction, or not at all when there was
+    /// none. Returns the stamp the table is known at.
+    fn remember(
+        &self,
+        basis: Option<KnownAt>,
+        applied: bool,
+        spec: &PolicySpec,
+    ) -> Option<KnownAt> {
+        let (memo, basis) = (self.memo.as_ref()?, basis?);
+        let after = memo.stamp().ok()?;
+        let expected = Stamp {
+            generation: if applied {
+                // The kernel skips 0 when the generation wraps.
+                basis.stamp.generation.wrapping_add(1).max(1)
+            } else {
+                basis.stamp.generation
+            },
+            ..basis.stamp
+        };
+        if after != expected {
+            return None;
+        }
+        if applied || !basis.in_memo {
+            if let Err(e) = memo.remember(&after, spec) {
+                tracing::debug!(error = %e, "cannot write the policy memo");
+                return None;
+            }
+        }
+        Some(KnownAt {
+            stamp: after,
+            in_memo: true,
         })
     }
 
@@ -252,9 +353,13 @@ impl PolicyDataplane {
         let fresh = RenderedPolicy::render(spec.clone())?;
         let mut state = self.state.lock().await;
         let started = Instant::now();
-        let State { desired, known } = &mut *state;
+        let State {
+            desired,
+            known,
+            known_at,
+        } = &mut *state;
         let previous = desired.as_ref().and_then(RenderedPolicy::ruleset);
-        let current = self.current(known, previous).await?;
+        let current = self.current(known, known_at, previous).await?;
         let want = fresh.ruleset().expect("rendered");
         let actions = plan(want, current);
         if dry_run {
@@ -264,8 +369,12 @@ impl PolicyDataplane {
         // `Desired` of the replaced policy.
         *desired = Some(fresh);
         let want = desired.as_ref().and_then(RenderedPolicy::ruleset);
-        self.converge(known, want.expect("rendered"), actions, started)
-            .await
+        let basis = known_at.take();
+        let applied = self
+            .converge(known, want.expect("rendered"), actions, started)
+            .await?;
+        *known_at = self.remember(basis, !applied.is_empty(), spec);
+        Ok(applied)
     }
 
     /// Changes the desired policy by `changes` (starting from the empty
@@ -278,7 +387,13 @@ impl PolicyDataplane {
     pub async fn update(&self, changes: &[SpecChange]) -> Result<Vec<PolicyAction>, PolicyError> {
         let mut state = self.state.lock().await;
         let started = Instant::now();
-        let State { desired, known } = &mut *state;
+        let State {
+            desired,
+            known,
+            known_at,
+        } = &mut *state;
+        // Its commits are not written down in the memo.
+        *known_at = None;
         let desired = desired.get_or_insert_with(RenderedPolicy::default);
         if self.stale.swap(false, Ordering::SeqCst) {
             *known = Known::Unknown;
@@ -304,7 +419,7 @@ impl PolicyDataplane {
                 if matches!(known, Known::Desired) {
                     *known = Known::Unknown;
                 }
-                let current = self.current(known, None).await?;
+                let current = self.current(known, known_at, None).await?;
                 plan(want, current)
             }
         };

@@ -25,6 +25,7 @@ mod incremental;
 #[cfg(test)]
 mod incremental_tests;
 mod libnft;
+mod memo;
 mod model;
 mod nft;
 mod observe;
@@ -41,6 +42,7 @@ pub use change::SpecChange;
 pub use events::{parse_datagram, NftEvent, NftEvents};
 pub use incremental::{Delta, RenderedPolicy, Update};
 pub use libnft::{LibNft, LibNftError, LIBNFTABLES};
+pub use memo::{Memo, Stamp};
 pub use model::*;
 pub use nft::to_nft;
 pub use observe::{parse_listing, ObserveError};
