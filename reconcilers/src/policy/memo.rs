@@ -16,10 +16,13 @@
 //! while the machine is up) and the boot id. It names the program too
 //! (the executable file's device, inode, size and modification time): the
 //! spec is rendered again by whoever recalls it, and another build may
-//! render it otherwise, so only the same file's memo is used. A memo that does not match
-//! the namespace's current [`Stamp`] is not used; a missing or unreadable
-//! one is the same as none. The file is replaced whole (written beside it,
-//! then renamed), so a reader never sees half of one.
+//! render it otherwise, so only the same file's memo is used.
+//!
+//! A memo that does not match the namespace's current [`Stamp`] is not
+//! used; a missing or unreadable one is the same as none. The file is
+//! replaced whole (written beside it, then renamed), so a reader never
+//! sees half of one. Only a SIGKILL between the write and the rename
+//! leaves the file beside it (`<name>.tmp.<pid>`) behind.
 
 use super::events::{parse_datagram, NftEvent};
 use super::model::PolicySpec;
