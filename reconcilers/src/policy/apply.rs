@@ -306,7 +306,7 @@ impl PolicyDataplane {
     /// the generation shows that nobody else committed since `basis`, it
     /// moved by one for our transaction, or not at all when there was
     /// none. Returns the stamp the table is known at.
-    fn remember(
+    fn note_applied(
         &self,
         basis: Option<KnownAt>,
         applied: bool,
@@ -373,7 +373,7 @@ impl PolicyDataplane {
         let applied = self
             .converge(known, want.expect("rendered"), actions, started)
             .await?;
-        *known_at = self.remember(basis, !applied.is_empty(), spec);
+        *known_at = self.note_applied(basis, !applied.is_empty(), spec);
         Ok(applied)
     }
 
